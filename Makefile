@@ -1,0 +1,48 @@
+# text2sql-rlhf developer entry points. `make test` and `make demo` work on a fresh machine:
+# they create .venv, install torch (CPU build unless a CUDA GPU is present), the project and its
+# dev extras, and the helm/kubectl binaries the chart tests use.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+# CPU machines get the CPU wheel; on a GPU machine install a CUDA torch into .venv first
+# (see README) and this step keeps it.
+TORCH_VERSION ?= 2.13.0
+PYTEST_WORKERS ?= 2
+DEMO_DIR ?= demo
+
+.PHONY: install test demo lint clean tools
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: $(PY) pyproject.toml
+	@if $(PY) -c "import torch" 2>/dev/null; then \
+	  echo "torch already installed: $$($(PY) -c 'import torch; print(torch.__version__)')"; \
+	elif command -v nvidia-smi >/dev/null 2>&1; then \
+	  echo "CUDA GPU found: install a CUDA build of torch into $(VENV) first (see README), then rerun"; exit 1; \
+	else \
+	  $(PY) -m pip install --quiet torch==$(TORCH_VERSION); \
+	fi
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+tools: install
+	bash .ci/install-tools.sh
+
+test: install tools
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup -p no:cacheprovider
+
+lint: install
+	$(BIN)/ruff check text2sql_core tests benchmarks
+
+demo: install
+	$(BIN)/t2s demo-data --out $(DEMO_DIR)/data --seed 0
+	$(BIN)/t2s pipeline run --config examples/demo.yaml
+
+clean:
+	rm -rf .t2s $(DEMO_DIR) .pytest_cache

@@ -1,0 +1,35 @@
+"""Fixtures shared by the whole suite."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+pytest_plugins = ["tests.servers"]  # S3 test servers (moto, SeaweedFS): fixtures moto_s3, seaweedfs
+
+
+def shared_path() -> Path:
+    """The workplace's shared data (Spider sample, fixtures): beside the checkout unless T2S_SHARED_DIR says."""
+    return Path(os.environ.get("T2S_SHARED_DIR", REPO_ROOT.parent / "shared")).resolve()
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    path = shared_path()
+    if not (path / "spider-sample").is_dir():
+        pytest.fail(f"shared data not found at {path}; set T2S_SHARED_DIR to the folder holding spider-sample/")
+    return path
+
+
+@pytest.fixture(scope="session")
+def spider_sample(shared_dir: Path) -> Path:
+    return shared_dir / "spider-sample"

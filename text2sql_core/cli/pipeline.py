@@ -1,0 +1,51 @@
+"""``t2s pipeline run``: the whole recipe locally, each step a subprocess, then the run report."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..errors import EXIT_OK
+from ..graph import step_names
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ..config import load_run_config
+    from ..pipeline import run_pipeline, select_steps
+
+    cfg = load_run_config(args.config)
+    if args.run_id:
+        cfg = cfg.model_copy(update={"run_id": args.run_id})
+    steps = select_steps(args.steps.split(",") if args.steps else None, until=args.until)
+    run_pipeline(args.config, cfg, steps=steps, force=args.force, report=not args.no_report)
+    return EXIT_OK
+
+
+def _report(args: argparse.Namespace) -> int:
+    from ..config import load_run_config
+    from ..report import write_run_report
+
+    cfg = load_run_config(args.config)
+    if args.run_id:
+        cfg = cfg.model_copy(update={"run_id": args.run_id})
+    print(f"report: {write_run_report(cfg)}")
+    return EXIT_OK
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pipeline", help="run the whole pipeline locally and write the run report",
+                       description="prepare -> sft -> predict -> evaluate -> rm_data -> rm -> ppo -> predict -> "
+                                   "evaluate, each step as a subprocess through its entrypoint (as a Kubernetes "
+                                   "Job would run it). Published steps are skipped; killed steps resume.")
+    cmds = p.add_subparsers(dest="pipeline_command", metavar="ACTION")
+    r = cmds.add_parser("run", help="run the steps of a run in order, then write the report")
+    r.add_argument("--config", help="run config YAML (default: built-in defaults, data in ./data)")
+    r.add_argument("--run-id", help="override the config's run_id")
+    r.add_argument("--steps", help=f"comma-separated subset of: {', '.join(step_names())}")
+    r.add_argument("--until", choices=step_names(), metavar="STEP", help="run every step up to and including STEP")
+    r.add_argument("--force", action="store_true", help="rerun steps even when already published")
+    r.add_argument("--no-report", action="store_true", help="do not write the run report")
+    r.set_defaults(func=_run)
+    rep = cmds.add_parser("report", help="(re)write the report of a run from its published artifacts")
+    rep.add_argument("--config", help="run config YAML")
+    rep.add_argument("--run-id", help="override the config's run_id")
+    rep.set_defaults(func=_report)

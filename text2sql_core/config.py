@@ -1,0 +1,137 @@
+"""The run config: one YAML file describes a whole run.
+
+Sections: ``run_id``, ``store`` (where artifacts go), ``data`` (the dataset), ``model`` (the base
+model and LoRA), and ``stages.<kind>`` (each stage kind's settings). Every knob is declared once,
+in the model of the section it belongs to, with a default and a description; ``t2s config schema``
+prints the JSON Schema the Helm chart reuses. Secrets never live here: S3 keys come from the
+environment or mounted files named in ``store.s3``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .data.config import DataConfig
+from .errors import BadInput
+from .models.config import ModelConfig
+from .stages.evaluate import EvaluateConfig
+from .stages.ppo import PPOConfig
+from .stages.predict import PredictConfig
+from .stages.prepare import PrepareConfig
+from .stages.rm import RMConfig
+from .stages.rm_data import RMDataConfig
+from .stages.sft import SFTConfig
+from .store.config import StoreConfig
+
+__all__ = ["RunConfig", "StagesConfig", "format_validation_error", "load_run_config", "run_config_schema"]
+
+#: run ids become part of Job names (<= 63 chars with release and step), so they stay short DNS labels
+RUN_ID_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,28}[a-z0-9])?$"
+_SECRET_KEY = re.compile(r"^(aws_)?(secret(_access)?_key|access_key(_id)?|secret|password|session_token)$",
+                         re.IGNORECASE)
+_SECRET_ALLOWED = {"access_key_env", "secret_key_env"}
+
+
+class StagesConfig(BaseModel):
+    """Settings of each stage kind; a kind that runs twice (predict, evaluate) shares its settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prepare: PrepareConfig = Field(default_factory=PrepareConfig, description="Data preparation.")
+    sft: SFTConfig = Field(default_factory=SFTConfig, description="Supervised fine-tuning.")
+    predict: PredictConfig = Field(default_factory=PredictConfig, description="SQL generation for the dev set.")
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="Spider EX / EM evaluation.")
+    rm_data: RMDataConfig = Field(default_factory=RMDataConfig, description="Reward-model pair mining.")
+    rm: RMConfig = Field(default_factory=RMConfig, description="Reward-model training.")
+    ppo: PPOConfig = Field(default_factory=PPOConfig, description="PPO training of the policy.")
+
+
+class RunConfig(BaseModel):
+    """One run of the pipeline: its id, artifact store, dataset, model and stage settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: str = Field("demo", pattern=RUN_ID_PATTERN,
+                        description="Run id: a lowercase DNS label of at most 30 characters. A new run id is a "
+                                    "new run (GitOps retraining); artifacts live under runs/<run_id>/.")
+    seed: int = Field(42, description="Seed of every random number generator of every stage.")
+    workdir: str = Field(".t2s/work", description="Local scratch directory for inputs, outputs and checkpoints "
+                                                  "being written (relative paths: to the current directory).")
+    store: StoreConfig = Field(default_factory=StoreConfig, description="Artifact store (local directory or S3).")
+    data: DataConfig = Field(default_factory=DataConfig, description="Dataset and databases.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Base model, precision and LoRA.")
+    stages: StagesConfig = Field(default_factory=StagesConfig, description="Settings of each stage kind.")
+
+    def stage_config(self, kind: str) -> BaseModel:
+        return getattr(self.stages, kind)
+
+
+def _find_secrets(node: Any, path: str = "") -> list[str]:
+    found: list[str] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            here = f"{path}.{key}" if path else str(key)
+            if isinstance(key, str) and _SECRET_KEY.search(key) and key not in _SECRET_ALLOWED:
+                found.append(here)
+            found.extend(_find_secrets(value, here))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found.extend(_find_secrets(value, f"{path}[{i}]"))
+    return found
+
+
+def format_validation_error(exc: ValidationError) -> list[str]:
+    """One line per error: ``field.path: message`` (every error, not only the first)."""
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(root)"
+        lines.append(f"{where}: {err['msg']}")
+    return lines
+
+
+def parse_run_config(doc: Any, *, source: str = "<config>") -> RunConfig:
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, dict):
+        raise BadInput("a run config must be a YAML mapping", uri=source)
+    secrets = _find_secrets(doc)
+    if secrets:
+        raise BadInput("secrets are never read from the run config; remove "
+                       + ", ".join(f"`{s}`" for s in secrets)
+                       + " and provide S3 keys through the environment or `store.s3.credentials_dir`", uri=source)
+    try:
+        return RunConfig.model_validate(doc)
+    except ValidationError as exc:
+        lines = format_validation_error(exc)
+        raise BadInput(f"{len(lines)} error(s):\n  " + "\n  ".join(lines), uri=source) from None
+
+
+def load_run_config(path: str | Path | None) -> RunConfig:
+    """Load and validate a run config; ``None`` gives the defaults. Errors name the file and fields."""
+    if path is None:
+        return RunConfig()
+    p = Path(path)
+    if not p.is_file():
+        raise BadInput("run config file not found", uri=str(p))
+    try:
+        doc = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise BadInput(f"not valid YAML: {exc}", uri=str(p)) from None
+    return parse_run_config(doc, source=str(p))
+
+
+def run_config_schema() -> dict[str, Any]:
+    schema = RunConfig.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "text2sql-rlhf run config"
+    return schema
+
+
+def dump_schema() -> str:
+    return json.dumps(run_config_schema(), indent=2, sort_keys=True) + "\n"
