@@ -12,7 +12,7 @@ TORCH_VERSION ?= 2.13.0
 PYTEST_WORKERS ?= 2
 DEMO_DIR ?= demo
 
-.PHONY: install test demo lint clean tools
+.PHONY: install test demo lint clean tools schema
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -38,7 +38,11 @@ test: install tools
 	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup -p no:cacheprovider
 
 lint: install
-	$(BIN)/ruff check text2sql_core tests benchmarks
+	$(BIN)/ruff check text2sql_core tests benchmarks charts/text2sql-rlhf/hack
+
+# regenerate the chart's values.schema.json after a change to the run config models
+schema: install
+	$(PY) charts/text2sql-rlhf/hack/gen-schema.py
 
 demo: install
 	$(BIN)/t2s demo-data --out $(DEMO_DIR)/data --seed 0

@@ -38,7 +38,8 @@ def _gauge(name: str, doc: str) -> Any:
 def _start_server() -> bool:
     global _server_started
     port = os.environ.get("T2S_METRICS_PORT")
-    if not port:
+    # under torchrun every rank inherits the port: only the first process of the pod serves it
+    if not port or os.environ.get("LOCAL_RANK", "0") != "0":
         return False
     if not _server_started:
         from prometheus_client import start_http_server

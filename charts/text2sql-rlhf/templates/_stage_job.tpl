@@ -1,0 +1,263 @@
+{{/*
+One step's Job (plus, for a multi-node step, the headless Service its pods rendezvous through).
+Each templates/job-<step>.yaml includes this with its step name. Arguments: dict root step.
+*/}}
+{{- define "text2sql-rlhf.stageJob" -}}
+{{- $root := .root }}
+{{- $stepName := .step }}
+{{- $step := dict }}
+{{- $order := 0 }}
+{{- range $i, $candidate := include "text2sql-rlhf.steps" $root | fromYamlArray }}
+{{- if eq $candidate.name $stepName }}
+{{- $step = $candidate }}
+{{- $order = $i }}
+{{- end }}
+{{- end }}
+{{- if not $step }}
+{{- fail (printf "internal: unknown step %q" $stepName) }}
+{{- end }}
+{{- if include "text2sql-rlhf.stepRendered" (dict "root" $root "step" $stepName) }}
+{{- $s := include "text2sql-rlhf.stepSettings" (dict "root" $root "step" $stepName) | fromJson }}
+{{- $gpus := int $s.gpus }}
+{{- $nodes := int $s.nodes }}
+{{- if and (gt $nodes 1) (lt $gpus 1) }}
+{{- fail (printf "stages.%s.nodes is %d but gpus is %d: a multi-node step needs gpus >= 1 (torchrun runs one process per GPU)" $stepName $nodes $gpus) }}
+{{- end }}
+{{- $jobName := include "text2sql-rlhf.jobName" (dict "root" $root "step" $stepName "nodes" $nodes) }}
+{{- /* whole run: only steps without upstream steps start at once; the controller unsuspends the rest */}}
+{{- $suspend := and (not $root.Values.stage) (gt (len $step.dependsOn) 0) }}
+{{- $image := mustMergeOverwrite (deepCopy $root.Values.image) (deepCopy ($s.image | default dict)) }}
+{{- $workdir := $root.Values.runConfig.workdir }}
+{{- $stageArgs := list "stage" "run" $stepName "--config" "/etc/t2s/run.yaml" }}
+{{- $command := prepend $stageArgs "t2s" }}
+{{- if or (gt $gpus 1) (gt $nodes 1) }}
+{{- $launcher := list "torchrun" (printf "--nproc-per-node=%d" $gpus) }}
+{{- if gt $nodes 1 }}
+{{- $launcher = concat $launcher (list (printf "--nnodes=%d" $nodes) "--node-rank=$(JOB_COMPLETION_INDEX)" (printf "--master-addr=%s-0.%s" $jobName $jobName) (printf "--master-port=%d" (int $root.Values.distributed.masterPort))) }}
+{{- end }}
+{{- $command = concat $launcher (list "-m" "text2sql_core.cli") $stageArgs }}
+{{- end }}
+{{- $underTorchrun := ne (index $command 0) "t2s" }}
+{{- $resources := deepCopy ($s.resources | default dict) }}
+{{- if gt $gpus 0 }}
+{{- $limits := $resources.limits | default dict }}
+{{- $_ := set $limits $root.Values.gpuResourceName $gpus }}
+{{- $_ := set $resources "limits" $limits }}
+{{- end }}
+{{- $tolerations := $s.tolerations | default list }}
+{{- if gt $gpus 0 }}
+{{- $tolerations = concat $tolerations ($root.Values.gpuTolerations | default list) }}
+{{- end }}
+{{- $stageLabels := dict "app.kubernetes.io/component" "stage" "text2sql-rlhf.dev/stage" $stepName }}
+{{- if gt $nodes 1 }}
+apiVersion: v1
+kind: Service
+metadata:
+  name: {{ $jobName }}
+  labels:
+    {{- include "text2sql-rlhf.labels" $root | nindent 4 }}
+    {{- toYaml $stageLabels | nindent 4 }}
+spec:
+  # headless: gives each pod of the Indexed Job a DNS name, <job>-<index>.<service>
+  clusterIP: None
+  # the rendezvous address must resolve before the pods are ready
+  publishNotReadyAddresses: true
+  selector:
+    app.kubernetes.io/instance: {{ $root.Release.Name }}
+    text2sql-rlhf.dev/run-id: {{ $root.Values.runId | quote }}
+    text2sql-rlhf.dev/stage: {{ $stepName }}
+  ports:
+    - name: rendezvous
+      port: {{ $root.Values.distributed.masterPort }}
+      targetPort: rendezvous
+---
+{{- end }}
+apiVersion: batch/v1
+kind: Job
+metadata:
+  name: {{ $jobName }}
+  labels:
+    {{- include "text2sql-rlhf.labels" $root | nindent 4 }}
+    {{- toYaml $stageLabels | nindent 4 }}
+  annotations:
+    text2sql-rlhf.dev/order: {{ $order | quote }}
+    text2sql-rlhf.dev/depends-on: {{ join "," $step.dependsOn | quote }}
+    text2sql-rlhf.dev/kind: {{ $step.kind }}
+spec:
+  suspend: {{ $suspend }}
+  backoffLimit: {{ int $s.backoffLimit }}
+  {{- if gt (int64 $s.activeDeadlineSeconds) 0 }}
+  activeDeadlineSeconds: {{ int64 $s.activeDeadlineSeconds }}
+  {{- end }}
+  {{- if ge (int $s.ttlSecondsAfterFinished) 0 }}
+  ttlSecondsAfterFinished: {{ int $s.ttlSecondsAfterFinished }}
+  {{- end }}
+  {{- if gt $nodes 1 }}
+  completionMode: Indexed
+  completions: {{ $nodes }}
+  parallelism: {{ $nodes }}
+  {{- end }}
+  podFailurePolicy:
+    rules:
+      # exit code 2 = bad input or config (text2sql_core.errors.BadInput): a retry cannot help.
+      # No containerName: it holds for the validate-config init container too.
+      - action: FailJob
+        onExitCodes:
+          operator: In
+          values: [2]
+      # evictions, preemptions and node drains do not use up backoffLimit
+      - action: Ignore
+        onPodConditions:
+          - type: DisruptionTarget
+            status: "True"
+  template:
+    metadata:
+      labels:
+        {{- include "text2sql-rlhf.labels" $root | nindent 8 }}
+        {{- toYaml $stageLabels | nindent 8 }}
+        {{- with $root.Values.podLabels }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+      annotations:
+        text2sql-rlhf.dev/kind: {{ $step.kind }}
+        {{- with $root.Values.podAnnotations }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+    spec:
+      restartPolicy: Never
+      automountServiceAccountToken: false
+      enableServiceLinks: false
+      {{- with $s.serviceAccountName }}
+      serviceAccountName: {{ . }}
+      {{- end }}
+      {{- if gt $nodes 1 }}
+      subdomain: {{ $jobName }}
+      {{- end }}
+      {{- with $s.priorityClassName }}
+      priorityClassName: {{ . }}
+      {{- end }}
+      {{- with $root.Values.imagePullSecrets }}
+      imagePullSecrets:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      securityContext:
+        {{- toYaml $root.Values.podSecurityContext | nindent 8 }}
+      {{- with $s.nodeSelector }}
+      nodeSelector:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $s.affinity }}
+      affinity:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $tolerations }}
+      tolerations:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- if $underTorchrun }}
+      # torchrun reports any failed worker as exit code 1, which would turn a bad config into
+      # backoffLimit retries: the config is checked first, where exit code 2 still fails the Job.
+      initContainers:
+        - name: validate-config
+          image: {{ include "text2sql-rlhf.imageRef" (dict "root" $root "image" $image) | quote }}
+          imagePullPolicy: {{ $image.pullPolicy }}
+          command: ["t2s", "config", "validate", "/etc/t2s/run.yaml"]
+          env:
+            - name: T2S_LOG_FORMAT
+              value: json
+            - name: HOME
+              value: /tmp
+          resources:
+            requests:
+              cpu: 100m
+              memory: 256Mi
+            limits:
+              memory: 512Mi
+          securityContext:
+            {{- toYaml $root.Values.securityContext | nindent 12 }}
+          volumeMounts:
+            - name: run-config
+              mountPath: /etc/t2s
+              readOnly: true
+            - name: tmp
+              mountPath: /tmp
+      {{- end }}
+      containers:
+        - name: stage
+          image: {{ include "text2sql-rlhf.imageRef" (dict "root" $root "image" $image) | quote }}
+          imagePullPolicy: {{ $image.pullPolicy }}
+          command:
+            {{- toYaml $command | nindent 12 }}
+          workingDir: {{ $workdir }}
+          env:
+            - name: T2S_RUN_ID
+              value: {{ $root.Values.runId | quote }}
+            - name: T2S_STAGE
+              value: {{ $stepName }}
+            - name: T2S_LOG_FORMAT
+              value: json
+            - name: T2S_METRICS_PORT
+              value: {{ $root.Values.metrics.port | quote }}
+            # the root filesystem is read-only: every cache lives on emptyDirs
+            - name: HOME
+              value: /tmp
+            - name: HF_HOME
+              value: /cache/huggingface
+            - name: TRITON_CACHE_DIR
+              value: /cache/triton
+            - name: XDG_CACHE_HOME
+              value: /cache/xdg
+            - name: TORCH_EXTENSIONS_DIR
+              value: /cache/torch_extensions
+            - name: MPLCONFIGDIR
+              value: /cache/matplotlib
+            {{- with include "text2sql-rlhf.s3Env" $root }}
+            {{- . | nindent 12 }}
+            {{- end }}
+            {{- with $s.env }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
+          ports:
+            - name: metrics
+              containerPort: {{ $root.Values.metrics.port }}
+            {{- if gt $nodes 1 }}
+            - name: rendezvous
+              containerPort: {{ $root.Values.distributed.masterPort }}
+            {{- end }}
+          {{- with $resources }}
+          resources:
+            {{- toYaml . | nindent 12 }}
+          {{- end }}
+          securityContext:
+            {{- toYaml $root.Values.securityContext | nindent 12 }}
+          volumeMounts:
+            - name: run-config
+              mountPath: /etc/t2s
+              readOnly: true
+            - name: work
+              mountPath: {{ $workdir }}
+            - name: tmp
+              mountPath: /tmp
+            - name: cache
+              mountPath: /cache
+            - name: dshm
+              mountPath: /dev/shm
+      volumes:
+        - name: run-config
+          configMap:
+            name: {{ include "text2sql-rlhf.configMapName" $root }}
+        - name: work
+          emptyDir:
+            sizeLimit: {{ $s.workSize }}
+        - name: tmp
+          emptyDir:
+            sizeLimit: {{ $s.tmpSize }}
+        - name: cache
+          emptyDir:
+            sizeLimit: {{ $s.cacheSize }}
+        - name: dshm
+          emptyDir:
+            medium: Memory
+            sizeLimit: {{ $s.shmSize }}
+{{- end }}
+{{- end }}
