@@ -44,7 +44,8 @@ def configure_logging(*, level: str | None = None, force: bool = False) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # resolve sys.stderr per logger, not once: a replaced stream (pytest capture) is then followed
+        logger_factory=lambda *_: structlog.PrintLogger(sys.stderr),
         cache_logger_on_first_use=False,
     )
     # Libraries using stdlib logging (transformers, urllib3) go to stderr at WARNING.
