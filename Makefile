@@ -35,7 +35,7 @@ tools: install
 	bash .ci/install-tools.sh
 
 test: install tools
-	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup -p no:cacheprovider
+	$(BIN)/pytest -n $(PYTEST_WORKERS) -p no:cacheprovider
 
 lint: install
 	$(BIN)/ruff check text2sql_core tests benchmarks charts/text2sql-rlhf/hack
