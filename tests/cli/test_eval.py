@@ -11,8 +11,9 @@ from text2sql_core.cli import main
 
 
 def _args(sample: Path, pred: Path, out: Path, *extra: str) -> list[str]:
-    return ["eval", "--gold", str(sample / "dev_gold.sql"), "--pred", str(pred), "--db", str(sample / "database"),
-            "--tables", str(sample / "tables.json"), "--out", str(out), "--no-progress", *extra]
+    return ["eval", "--gold", str(sample / "dev_gold.sql"), "--pred", str(pred),
+            "--db", str(sample / "database"), "--tables", str(sample / "tables.json"), "--out", str(out),
+            "--no-progress", *extra]
 
 
 def test_eval_prints_the_official_table_and_writes_outputs(spider_sample: Path, tmp_path: Path, capsys):
@@ -54,6 +55,6 @@ def test_help_names_every_option(capsys):
     with pytest.raises(SystemExit):
         main(["eval", "--help"])
     text = capsys.readouterr().out
-    for option in ("--gold", "--pred", "--db", "--tables", "--out", "--etype", "--plug-value", "--keep-distinct",
-                   "--metric", "--timeout", "--workers"):
+    for option in ("--gold", "--pred", "--db", "--tables", "--out", "--etype", "--plug-value",
+                   "--keep-distinct", "--metric", "--timeout", "--workers"):
         assert option in text

@@ -1,0 +1,79 @@
+"""The ``evaluate`` stage: Spider EX / EM of a predict step's SQL, with the official semantics.
+
+Reads the ``prepare`` step (``dev_gold.sql``, ``tables.json``, ``database/``) and the predict step
+named in the step's inputs (``predictions.jsonl``, else ``predictions.sql``). Publishes
+``per_example.tsv``, ``summary.json``, ``report.md`` and ``scores.png`` (see ``evaluation/report.py``)
+and returns ``{ex, em, ex_<level>, em_<level>, n}`` as the step's metrics.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from ..errors import BadInput
+from .base import Stage, StageConfigBase, StageContext
+
+__all__ = ["STAGE", "EvaluateConfig", "run"]
+
+
+class EvaluateConfig(StageConfigBase):
+    """Evaluation settings; the defaults are the official evaluator's (published numbers use them)."""
+
+    # What is scored
+    etype: Literal["all", "exec", "match"] = Field(
+        "all", description="Execution accuracy (exec), exact set match (match), or both (all).")
+    metric: Literal["spider", "bird"] = Field(
+        "spider", description="EX as test-suite-sql-eval defines it (spider), or BIRD's set comparison "
+                              "(bird).")
+    plug_value: bool = Field(
+        False, description="Also try the gold query's values in the prediction's value slots (official "
+                           "--plug_value); off by default, as in published results.")
+    keep_distinct: bool = Field(
+        False, description="Do not ignore DISTINCT: queries run as written and EM tells count(DISTINCT x) "
+                           "from count(x) (the official --keep_distinct changes execution only).")
+    # Execution limits
+    timeout_s: float = Field(30.0, gt=0,
+                             description="Per-query time limit in seconds; a timeout scores wrong.")
+    row_cap: int = Field(100_000, ge=1,
+                         description="Largest result a query may return; a larger one scores wrong.")
+    workers: int | None = Field(None, ge=1, description="SQL worker processes; default: one per CPU core.")
+
+
+def _predictions_file(folder: Path, step: str) -> Path:
+    for name in ("predictions.jsonl", "predictions.sql"):
+        if (folder / name).is_file():
+            return folder / name
+    raise BadInput(f"upstream step {step!r} published neither predictions.jsonl nor predictions.sql",
+                   uri=str(folder))
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    from ..evaluation.api import evaluate
+    from ..evaluation.inputs import load_gold, load_predictions
+    from ..evaluation.report import write_outputs
+
+    cfg: EvaluateConfig = ctx.config
+    prepare_name = "prepare"
+    predict_names = [name for name in ctx.step.inputs if name != prepare_name]
+    if prepare_name not in ctx.step.inputs or len(predict_names) != 1:
+        raise BadInput("an evaluate step reads 'prepare' and one predict step; got inputs "
+                       f"{list(ctx.step.inputs)}", stage=ctx.step.name)
+    prepared = ctx.input(prepare_name)
+    predicted = ctx.input(predict_names[0])
+    gold = load_gold(prepared / "dev_gold.sql")
+    predictions = load_predictions(_predictions_file(predicted, predict_names[0]), expected=len(gold))
+    result = evaluate(
+        gold, predictions, db_dir=prepared / "database", tables=prepared / "tables.json",
+        etype=cfg.etype, metric=cfg.metric, plug_value=cfg.plug_value, keep_distinct=cfg.keep_distinct,
+        timeout_s=cfg.timeout_s, row_cap=cfg.row_cap, workers=cfg.workers, progress=sys.stderr.isatty())
+    write_outputs(result, ctx.output_dir)
+    ctx.log.info("evaluation done", **result.metrics())
+    return result.metrics()
+
+
+STAGE = Stage(name="evaluate", config_cls=EvaluateConfig, run=run,
+              description="Spider EX / EM (official semantics) of a predict step's SQL.")
