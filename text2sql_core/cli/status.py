@@ -1,0 +1,66 @@
+"""``t2s status``: a run's steps with state, duration and key metrics (store, plus Jobs if reachable)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..errors import EXIT_OK
+
+
+def _cluster_jobs(args: argparse.Namespace, run_id: str) -> list[dict] | None:
+    """The run's Jobs as API JSON, or None (with a note on stderr) when the cluster cannot be reached."""
+    from ..errors import T2SError
+    from ..k8s.decide import run_selector
+    from ..k8s.kubeclient import load_api_client
+
+    try:
+        from kubernetes import client
+
+        api = load_api_client(args.kubeconfig)
+        resp = client.BatchV1Api(api).list_namespaced_job(args.namespace, label_selector=run_selector(run_id),
+                                                          _preload_content=False, _request_timeout=10)
+        try:
+            return json.loads(resp.data).get("items") or []
+        finally:
+            resp.release_conn()
+    except (T2SError, OSError, ValueError, Exception) as exc:  # noqa: BLE001 - the cluster part is optional
+        reason = getattr(exc, "reason", None) or exc
+        print(f"t2s status: cluster not reachable ({type(exc).__name__}: {reason}); showing the store only",
+              file=sys.stderr)
+        return None
+
+
+def _status(args: argparse.Namespace) -> int:
+    from ..config import load_run_config
+    from ..graph import step_names
+    from ..k8s.status import collect_status, format_status
+    from ..store import open_store
+
+    cfg = load_run_config(args.config)
+    run_id = args.run_id or cfg.run_id
+    store = open_store(cfg.store, base_dir=Path(args.config).parent if args.config else None)
+    jobs = _cluster_jobs(args, run_id) if args.namespace else None
+    status = collect_status(run_id, store, steps=step_names(), jobs=jobs)
+    if args.output == "json":
+        print(json.dumps(status.to_dict(), indent=2))
+    else:
+        print(format_status(status))
+    return EXIT_OK
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "status", help="show a run's steps: state, duration and key metrics",
+        description="Print each step of a run with its state (pending, running, complete, published, failed, "
+                    "skipped), duration and key metrics (ex, em, loss, reward, accuracy) from the published "
+                    "manifests. With --namespace the run's Jobs are read from the cluster too (kubeconfig or "
+                    "in-cluster); without, or when the cluster is unreachable, the store alone is used.")
+    p.add_argument("--run-id", help="the run (default: run_id of --config)")
+    p.add_argument("--config", help="run config YAML whose `store` section says where the artifacts are")
+    p.add_argument("--namespace", help="namespace of the run's Jobs: also show Job states")
+    p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, else $KUBECONFIG or ~/.kube/config)")
+    p.add_argument("--output", choices=("table", "json"), default="table", help="table for people, json for scripts")
+    p.set_defaults(func=_status)
