@@ -392,11 +392,11 @@ def test_multi_gpu_runs_torchrun_with_one_process_per_gpu() -> None:
     by_step = jobs_by_step(docs("multi-gpu"))
     for step, gpus in (("sft", 4), ("rm", 2), ("ppo", 8)):
         c = container(by_step[step])
-        assert c["command"] == ["torchrun", f"--nproc-per-node={gpus}", "-m", "text2sql_core.cli", "stage", "run",
+        assert c["command"] == ["t2s", "torchrun", f"--nproc-per-node={gpus}", "--", "stage", "run",
                                 step, "--config", "/etc/t2s/run.yaml"]
         assert c["resources"]["limits"]["nvidia.com/gpu"] == gpus
         assert "completionMode" not in by_step[step]["spec"]
-        # torchrun turns a worker's exit code 2 into 1: the config is validated before, where 2 still counts
+        # the config is validated before one process per GPU starts
         (init,) = by_step[step]["spec"]["template"]["spec"]["initContainers"]
         assert init["command"] == ["t2s", "config", "validate", "/etc/t2s/run.yaml"]
         assert init["image"] == c["image"]
@@ -422,9 +422,9 @@ def test_multi_node_is_an_indexed_job_with_a_headless_service() -> None:
         assert svc["spec"]["publishNotReadyAddresses"] is True
         assert svc["spec"]["selector"].items() <= spec["template"]["metadata"]["labels"].items()
         c = container(job)
-        assert c["command"] == ["torchrun", "--nproc-per-node=8", f"--nnodes={nodes}",
+        assert c["command"] == ["t2s", "torchrun", "--nproc-per-node=8", f"--nnodes={nodes}",
                                 "--node-rank=$(JOB_COMPLETION_INDEX)", f"--master-addr={name}-0.{name}",
-                                "--master-port=29400", "-m", "text2sql_core.cli", "stage", "run", step,
+                                "--master-port=29400", "--", "stage", "run", step,
                                 "--config", "/etc/t2s/run.yaml"]
         assert {"name": "rendezvous", "containerPort": 29400} in c["ports"]
         assert svc["spec"]["ports"] == [{"name": "rendezvous", "port": 29400, "targetPort": "rendezvous"}]

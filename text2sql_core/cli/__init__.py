@@ -49,6 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         get_logger().error(str(exc), error=type(exc).__name__, **exc.context())
         print(f"t2s: error: {exc}", file=sys.stderr)
+        _record_exit_code(exc.exit_code)
         return exc.exit_code
     except KeyboardInterrupt:
         print("t2s: interrupted", file=sys.stderr)
@@ -59,6 +60,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         get_logger().exception("unexpected error", error=type(exc).__name__)
         print(f"t2s: unexpected error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+
+
+def _record_exit_code(code: int) -> None:
+    """Under ``t2s torchrun``, tell the launcher why this worker failed (torchrun itself reports 1)."""
+    import os
+
+    path = os.environ.get("T2S_EXIT_CODE_FILE")
+    if path and code == EXIT_BAD_INPUT:
+        try:
+            with open(path, "w") as fh:
+                fh.write(str(code))
+        except OSError:  # the launcher's temp dir is gone: nothing left to tell
+            pass
 
 
 def entrypoint() -> None:

@@ -31,13 +31,14 @@ Each templates/job-<step>.yaml includes this with its step name. Arguments: dict
 {{- $stageArgs := list "stage" "run" $stepName "--config" "/etc/t2s/run.yaml" }}
 {{- $command := prepend $stageArgs "t2s" }}
 {{- if or (gt $gpus 1) (gt $nodes 1) }}
-{{- $launcher := list "torchrun" (printf "--nproc-per-node=%d" $gpus) }}
+{{- /* t2s torchrun: torchrun that keeps a worker's exit code 2 (bad input), which plain torchrun reports as 1 */}}
+{{- $launcher := list "t2s" "torchrun" (printf "--nproc-per-node=%d" $gpus) }}
 {{- if gt $nodes 1 }}
 {{- $launcher = concat $launcher (list (printf "--nnodes=%d" $nodes) "--node-rank=$(JOB_COMPLETION_INDEX)" (printf "--master-addr=%s-0.%s" $jobName $jobName) (printf "--master-port=%d" (int $root.Values.distributed.masterPort))) }}
 {{- end }}
-{{- $command = concat $launcher (list "-m" "text2sql_core.cli") $stageArgs }}
+{{- $command = concat $launcher (list "--") $stageArgs }}
 {{- end }}
-{{- $underTorchrun := ne (index $command 0) "t2s" }}
+{{- $underTorchrun := or (gt $gpus 1) (gt $nodes 1) }}
 {{- $resources := deepCopy ($s.resources | default dict) }}
 {{- if gt $gpus 0 }}
 {{- $limits := $resources.limits | default dict }}
@@ -155,8 +156,8 @@ spec:
         {{- toYaml . | nindent 8 }}
       {{- end }}
       {{- if $underTorchrun }}
-      # torchrun reports any failed worker as exit code 1, which would turn a bad config into
-      # backoffLimit retries: the config is checked first, where exit code 2 still fails the Job.
+      # the config is checked before GPUs are spun up under torchrun: a bad config fails the Job at once
+      # (exit code 2) without starting one process per GPU.
       initContainers:
         - name: validate-config
           image: {{ include "text2sql-rlhf.imageRef" (dict "root" $root "image" $image) | quote }}
