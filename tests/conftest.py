@@ -10,6 +10,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 pytest_plugins = ["tests.servers"]  # S3 test servers (moto, SeaweedFS): fixtures moto_s3, seaweedfs
+pytest_plugins += ["tests.training_fixtures"]  # demo data + tiny SFT policies trained once per session
 
 
 def shared_path() -> Path:

@@ -1,0 +1,76 @@
+"""A cached run with a reward model: the under-trained SFT run plus ``rm_data`` and ``rm`` published.
+
+Built once per test session (shared by xdist workers like ``tests/training_fixtures.py``), so the RM
+accuracy test and the PPO tests train the reward model once. Import the fixture into a test module::
+
+    from tests.stages.rl_runs import rm_run  # noqa: F401  (a fixture)
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.training_fixtures import _cache_root, _once
+
+#: pair mining on a slice of the demo's training prompts (k samples each from the under-trained policy)
+RM_DATA_SETTINGS: dict[str, Any] = {"limit": 240, "num_candidates": 4, "max_new_tokens": 64, "batch_size": 16,
+                                    "eval_fraction": 0.2}
+#: reward-model training; the step budget that reaches pairwise accuracy >= 0.85 with these seeds
+RM_SETTINGS: dict[str, Any] = {"max_steps": 120, "batch_size": 16, "learning_rate": 2e-3, "eval_steps": 40,
+                               "save_steps": 60, "logging_steps": 10}
+
+
+@dataclass(frozen=True)
+class RLRun:
+    """A cached run with prepare, sft, rm_data and rm published (read-only: clone it to run more steps)."""
+
+    run_id: str
+    store_root: Path
+    run_config: Any
+    metrics: dict[str, Any]
+
+    def step_dir(self, step: str) -> Path:
+        return self.store_root / "runs" / self.run_id / step
+
+    def clone(self, dest: Path, *, stages: dict[str, Any] | None = None) -> Any:
+        """A private copy of the published steps under ``dest`` and the RunConfig that points at it."""
+        from text2sql_core.config import RunConfig
+
+        for step in ("prepare", "sft", "rm_data", "rm"):
+            shutil.copytree(self.step_dir(step), Path(dest) / "store" / "runs" / self.run_id / step,
+                            ignore=shutil.ignore_patterns("_checkpoints"))
+        doc = self.run_config.model_dump(mode="json")
+        doc["store"] = {"kind": "local", "local": {"path": str(Path(dest) / "store")}}
+        doc["workdir"] = str(Path(dest) / "work")
+        for kind, values in (stages or {}).items():
+            doc["stages"][kind] = {**doc["stages"].get(kind, {}), **values}
+        return RunConfig.model_validate(doc)
+
+
+@pytest.fixture(scope="session")
+def rm_run(tmp_path_factory: pytest.TempPathFactory, sft_undertrained) -> RLRun:
+    """The under-trained SFT run with pairs mined and the reward model trained (cached per session)."""
+    from text2sql_core.stages.base import run_step
+
+    root = _cache_root(tmp_path_factory)
+
+    def build(d: Path) -> dict[str, Any]:
+        cfg = sft_undertrained.clone(d, stages={"rm_data": RM_DATA_SETTINGS, "rm": RM_SETTINGS})
+        (d / "run_config.json").write_text(cfg.model_dump_json())
+        mined = run_step(cfg, "rm_data")
+        trained = run_step(cfg, "rm")
+        shutil.rmtree(d / "work", ignore_errors=True)
+        return {"rm_data": mined.manifest.metrics, "rm": trained.manifest.metrics}
+
+    info = _once(root, "rm-under", build)
+    from text2sql_core.config import RunConfig
+
+    d = root / "rm-under"
+    cfg = RunConfig.model_validate(json.loads((d / "run_config.json").read_text()))
+    return RLRun(run_id=cfg.run_id, store_root=d / "store", run_config=cfg, metrics=info)

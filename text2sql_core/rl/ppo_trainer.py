@@ -1,0 +1,474 @@
+"""Our PPO loop for RLHF of a causal LM (TRL removed its PPOTrainer in 1.13).
+
+Layout, after InstructGPT and DeepSpeed-Chat step 3, with PEFT adapters so no network is held twice:
+
+* ``actor``: a :class:`peft.PeftModel` over the SFT causal LM; ``actor.disable_adapter()`` *is* the
+  frozen reference policy;
+* ``critic``: a :class:`peft.PeftModel` over the reward model (a one-label sequence classifier) whose
+  score head is trainable (``modules_to_save``); its head read at every position is the value, and
+  ``critic.disable_adapter()`` *is* the frozen reward model.
+
+One :meth:`PPOTrainer.step`: take the next ``batch_size`` training prompts (a seeded permutation per
+epoch, so the prompts of step ``s`` depend on ``s`` only and a resumed run sees the same ones), sample one
+response each, score them (RM / execution / hybrid), turn the scores into per-token rewards with a KL
+penalty against the reference, run GAE and ``ppo_epochs`` passes of clipped policy and value updates
+over mini-batches. All tensors of a rollout are ``(batch, response_length)``: position ``i`` is the
+``i``-th response token, ``mask`` marks real tokens (up to and including EOS), padding is masked out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from ..models.generation import encode_prompts
+from .packing import PackedGroup, head_outputs, pack_rows, response_logprobs
+from .ppo_math import (
+    compute_gae,
+    last_token_index,
+    masked_mean,
+    masked_whiten,
+    policy_loss,
+    token_rewards,
+    value_loss,
+)
+from .rewards import ExecutionJudge, ExecutionRewards, Verdict, combine_rewards
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..stages.ppo import PPOConfig
+
+__all__ = [
+    "PPOTrainer",
+    "PromptExample",
+    "Rollout",
+    "decode_responses",
+    "response_mask",
+    "sample_responses",
+]
+
+STATE_FILE = "trainer_state.pt"
+
+
+@dataclass(frozen=True)
+class PromptExample:
+    """A training prompt and what its answer is checked against."""
+
+    prompt: str
+    db_id: str
+    query: str
+
+
+def response_mask(responses: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """1 for every response token up to and including the first EOS, 0 after it."""
+    is_eos = responses == eos_token_id
+    after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0
+    return (~after_eos).long()
+
+
+@torch.no_grad()
+def sample_responses(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, max_new_tokens: int,
+                     temperature: float = 1.0, top_p: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sampled responses ``(B, N)`` (padded after the first EOS) and their mask, as token ids.
+
+    Rollouts need the exact tokens sampled (their log-probabilities are the PPO actions), so this
+    stops at EOS only; the SQL that is executed is cut at the end of its first statement by
+    :func:`~text2sql_core.models.generation.clean_sql`, as in prediction.
+    """
+    out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=True, temperature=temperature,
+                         top_p=top_p, top_k=0, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=tokenizer.eos_token_id)
+    responses = out[:, prompt_ids.shape[1]:]
+    if responses.shape[1] == 0:  # max_new_tokens reached at once cannot happen, but stay total
+        responses = torch.full((out.shape[0], 1), tokenizer.eos_token_id, dtype=torch.long)
+    mask = response_mask(responses, tokenizer.eos_token_id)
+    responses = torch.where(mask.bool(), responses, torch.full_like(responses, tokenizer.pad_token_id))
+    keep = int(mask.sum(1).max().item())
+    return responses[:, :keep], mask[:, :keep]
+
+
+def decode_responses(tokenizer, responses: torch.Tensor, mask: torch.Tensor) -> list[str]:
+    """The SQL of each response: decoded, then cut to one clean statement the way ``predict`` does."""
+    from ..models.generation import clean_sql
+
+    texts = []
+    for row, m in zip(responses.tolist(), mask.tolist(), strict=True):
+        ids = [t for t, keep in zip(row, m, strict=True) if keep]
+        texts.append(clean_sql(tokenizer.decode(ids, skip_special_tokens=True)))
+    return texts
+
+
+def _trainable_state(model) -> dict[str, torch.Tensor]:
+    """The parameters that training changes (adapters, value head): all a checkpoint needs of a model."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@dataclass
+class Rollout:
+    """One batch of experience: ``(B, N)`` tensors over the response positions."""
+
+    examples: list[PromptExample]
+    prompt_tokens: list[list[int]]  # each row's prompt as sampled from (bos included, no padding)
+    responses: torch.Tensor  # (B, N) sampled token ids, padding after EOS
+    mask: torch.Tensor  # (B, N) float: real response tokens
+    texts: list[str]  # the SQL of each response (cleaned as predict cleans it)
+    old_logprobs: torch.Tensor
+    ref_logprobs: torch.Tensor
+    values: torch.Tensor
+    scores: torch.Tensor  # (B,) sequence reward before clipping
+    rewards: torch.Tensor  # (B, N) per-token: -beta * KL, plus the clipped score at the last token
+    kl: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+class PPOTrainer:
+    """Rollouts and PPO updates for an actor/critic pair sharing weights with reference and reward model."""
+
+    def __init__(self, actor, critic, tokenizer, examples: Sequence[PromptExample], config: PPOConfig, *,
+                 judge: ExecutionJudge | None = None, seed: int = 0,
+                 on_log: Callable[[dict[str, Any]], None] | None = None,
+                 deepspeed_config: dict[str, Any] | None = None) -> None:
+        if not examples:
+            raise ValueError("PPO needs at least one training prompt")
+        self.actor = actor
+        self.critic = critic
+        self.tokenizer = tokenizer
+        self.examples = list(examples)
+        self.cfg = config
+        self.judge = judge
+        self.seed = seed
+        self.on_log = on_log
+        self.global_step = 0
+        if config.reward.mode in ("execution", "hybrid") and judge is None:
+            raise ValueError(f"reward mode `{config.reward.mode}` needs an ExecutionJudge")
+        rc = config.reward
+        self.execution_rewards = ExecutionRewards(match=rc.match, mismatch=rc.mismatch, error=rc.error)
+        self.actor_params = [p for p in actor.parameters() if p.requires_grad]
+        self.critic_params = [p for p in critic.parameters() if p.requires_grad]
+        if not self.actor_params or not self.critic_params:
+            raise ValueError("actor and critic need trainable (adapter) parameters")
+        self.actor_opt = torch.optim.AdamW(self.actor_params, lr=config.actor_learning_rate,
+                                           weight_decay=config.weight_decay)
+        self.critic_opt = torch.optim.AdamW(self.critic_params, lr=config.critic_learning_rate,
+                                            weight_decay=config.weight_decay)
+        self.device = next(actor.parameters()).device
+        self.actor_engine = self.critic_engine = None
+        self.zero3 = False
+        if deepspeed_config is not None:
+            self._init_deepspeed(deepspeed_config)
+        self.ema: dict[str, torch.Tensor] | None = None
+        if config.ema:
+            self.ema = {n: p.detach().clone() for n, p in actor.named_parameters() if p.requires_grad}
+        self.history: list[dict[str, Any]] = []
+
+    def _init_deepspeed(self, ds_config: dict[str, Any]) -> None:
+        """Wrap actor and critic in DeepSpeed engines (ZeRO-1/2/3) that own backward and optimizer steps.
+
+        The reference policy and the reward model stay the same networks with adapters disabled; under
+        ZeRO-3 generation and publishing gather the partitioned weights first.
+        """
+        import deepspeed
+
+        self.zero3 = ds_config.get("zero_optimization", {}).get("stage", 0) == 3
+        self.actor_engine, self.actor_opt, _, _ = deepspeed.initialize(
+            model=self.actor, optimizer=self.actor_opt, config=json.loads(json.dumps(ds_config)))
+        self.critic_engine, self.critic_opt, _, _ = deepspeed.initialize(
+            model=self.critic, optimizer=self.critic_opt, config=json.loads(json.dumps(ds_config)))
+        self.device = self.actor_engine.device
+
+    def _gathered(self):
+        """All of the actor's weights in place (ZeRO-3 partitions them); a no-op otherwise."""
+        if not self.zero3:
+            return contextlib.nullcontext()
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(list(self.actor.parameters()))
+
+    def _optimise(self, loss: torch.Tensor, engine, optimizer, params: list[torch.Tensor]) -> None:
+        if engine is not None:  # DeepSpeed clips (gradient_clipping) and zeroes the gradients itself
+            engine.backward(loss)
+            engine.step()
+            return
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
+        optimizer.step()
+
+    # ------------------------------------------------------------------ prompts
+
+    def batch_for_step(self, step: int) -> list[PromptExample]:
+        """The prompts of PPO step ``step``: consecutive slices of a fresh seeded permutation per epoch."""
+        n, b = len(self.examples), self.cfg.batch_size
+        out = []
+        for position in range(step * b, step * b + b):
+            epoch, offset = divmod(position, n)
+            order = list(range(n))
+            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+            out.append(self.examples[order[offset]])
+        return out
+
+    # ------------------------------------------------------------------ scoring
+
+    def pack(self, prompt_tokens: Sequence[Sequence[int]], responses: torch.Tensor, mask: torch.Tensor,
+             examples: Sequence[PromptExample]) -> list[PackedGroup]:
+        """Rows grouped by database, so each group runs its instruction + schema prefix once."""
+        return pack_rows(prompt_tokens, responses, mask, [e.db_id for e in examples], self.tokenizer.pad_token_id)
+
+    def sequence_scores(self, examples: Sequence[PromptExample], texts: Sequence[str],
+                        groups: list[PackedGroup] | None = None, last: torch.Tensor | None = None
+                        ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Sequence-level reward of each response for ``reward.mode``, plus what it was made of.
+
+        The RM score is the frozen reward model (the critic with its adapter off) at each row's last
+        response token ``last``; the execution reward runs the cleaned SQL ``texts`` against gold.
+        """
+        mode = self.cfg.reward.mode
+        stats: dict[str, float] = {}
+        rm_scores = None
+        execution = None
+        if mode in ("rm", "hybrid"):
+            assert groups is not None and last is not None
+            with torch.no_grad(), self.critic.disable_adapter():
+                heads = head_outputs(self.critic, groups)
+            rm_scores = heads[torch.arange(heads.shape[0], device=heads.device), last + 1].tolist()
+            stats["rm_score"] = float(np.mean(rm_scores))
+        if mode in ("execution", "hybrid"):
+            assert self.judge is not None
+            verdicts = self.judge.verdicts([(e.db_id, e.query, t) for e, t in zip(examples, texts, strict=True)])
+            execution = [self.execution_rewards(v) for v in verdicts]
+            stats["exec_match"] = float(np.mean([v is Verdict.MATCH for v in verdicts]))
+            stats["exec_error"] = float(np.mean([v is Verdict.ERROR for v in verdicts]))
+        scores = combine_rewards(mode, rm_scores, execution, self.cfg.reward.execution_weight)
+        return torch.tensor(scores, dtype=torch.float32, device=self.device), stats
+
+    # ------------------------------------------------------------------ experience
+
+    @torch.no_grad()
+    def rollout(self, examples: Sequence[PromptExample]) -> Rollout:
+        cfg = self.cfg
+        tok = self.tokenizer
+        enc = encode_prompts(tok, [e.prompt for e in examples], cfg.max_source_length, self.device)
+        with self._gathered():
+            responses, mask = sample_responses(self.actor, tok, enc["input_ids"], enc["attention_mask"],
+                                               max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                               top_p=cfg.top_p)
+        prompt_tokens = [row[m.bool()].tolist() for row, m in zip(enc["input_ids"], enc["attention_mask"],
+                                                                   strict=True)]
+        fmask = mask.float()
+        texts = decode_responses(tok, responses, mask)
+        groups = self.pack(prompt_tokens, responses, mask, examples)
+
+        old_logprobs, _ = response_logprobs(self.actor, groups, cfg.temperature)
+        with self.actor.disable_adapter():
+            ref_logprobs, _ = response_logprobs(self.actor, groups, cfg.temperature)
+        values = head_outputs(self.critic, groups)[:, :-1] * fmask  # V(state before response token i)
+        last = last_token_index(mask)
+        scores, stats = self.sequence_scores(examples, texts, groups, last)
+
+        rewards, kl = token_rewards(scores, old_logprobs, ref_logprobs, fmask, cfg.kl_coef,
+                                    clip_score=cfg.reward.clip, kl_kind=cfg.kl_estimator)
+        advantages, returns = compute_gae(values, rewards, fmask, cfg.gamma, cfg.lam)
+        if cfg.whiten_advantages:
+            advantages = masked_whiten(advantages, fmask)
+        stats.update({
+            "reward": float(scores.mean()),
+            "kl": float((kl * fmask).sum(1).mean()),
+            "response_length": float(fmask.sum(1).mean()),
+            "value_mean": float(masked_mean(values, fmask)),
+        })
+        return Rollout(list(examples), prompt_tokens, responses, fmask, texts, old_logprobs, ref_logprobs, values,
+                       scores, rewards, kl, advantages, returns, stats)
+
+    # ------------------------------------------------------------------ optimisation
+
+    def train_on(self, ro: Rollout) -> dict[str, float]:
+        """``ppo_epochs`` passes of clipped policy and value updates over mini-batches of ``ro``."""
+        cfg = self.cfg
+        size = ro.responses.shape[0]
+        mini = min(cfg.mini_batch_size or size, size)
+        batches = []
+        for start in range(0, size, mini):
+            rows = list(range(start, min(start + mini, size)))
+            index = torch.tensor(rows, device=ro.responses.device)
+            groups = self.pack([ro.prompt_tokens[i] for i in rows], ro.responses.index_select(0, index),
+                               ro.mask.index_select(0, index), [ro.examples[i] for i in rows])
+            batches.append((index, groups))
+        sums: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "entropy", "clip_fraction",
+                                                         "value_clip_fraction", "approx_kl")}
+        self.actor.train()
+        self.critic.train()
+        for _ in range(cfg.ppo_epochs):
+            for index, groups in batches:
+                m = ro.mask.index_select(0, index)
+                logprobs, entropy = response_logprobs(self.actor, groups, cfg.temperature, with_entropy=True)
+                pl = policy_loss(logprobs, ro.old_logprobs.index_select(0, index),
+                                 ro.advantages.index_select(0, index), m, cfg.clip_range)
+                self._optimise(pl.loss, self.actor_engine, self.actor_opt, self.actor_params)
+
+                values = head_outputs(self.critic, groups)[:, :-1]
+                vl = value_loss(values, ro.values.index_select(0, index), ro.returns.index_select(0, index), m,
+                                cfg.clip_range_value)
+                self._optimise(vl.loss, self.critic_engine, self.critic_opt, self.critic_params)
+
+                sums["policy_loss"].append(float(pl.loss.detach()))
+                sums["value_loss"].append(float(vl.loss.detach()))
+                sums["entropy"].append(float(masked_mean(entropy.detach(), m)))
+                sums["clip_fraction"].append(float(pl.clip_fraction))
+                sums["value_clip_fraction"].append(float(vl.clip_fraction))
+                sums["approx_kl"].append(float(pl.approx_kl))
+        self.actor.eval()
+        self.critic.eval()
+        if self.ema is not None:
+            self._update_ema()
+        return {k: float(np.mean(v)) for k, v in sums.items()}
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        decay = self.cfg.ema_decay
+        for name, p in self.actor.named_parameters():
+            if name in self.ema:
+                self.ema[name].mul_(decay).add_(p.detach(), alpha=1.0 - decay)
+
+    def step(self) -> dict[str, Any]:
+        """One PPO step on the next batch of prompts; returns (and records) its metrics."""
+        started = time.monotonic()
+        ro = self.rollout(self.batch_for_step(self.global_step))
+        train_stats = self.train_on(ro)
+        self.global_step += 1
+        record = {"step": self.global_step, **ro.stats, **train_stats,
+                  "seconds": round(time.monotonic() - started, 3)}
+        if not all(math.isfinite(v) for v in record.values() if isinstance(v, float)):
+            raise FloatingPointError(f"non-finite PPO metrics at step {self.global_step}: {record}")
+        self.history.append(record)
+        if self.on_log is not None:
+            self.on_log(record)
+        return record
+
+    # ------------------------------------------------------------------ evaluation
+
+    @torch.no_grad()
+    def evaluate(self, examples: Sequence[PromptExample], batch_size: int = 32, use_ema: bool = False
+                 ) -> dict[str, float]:
+        """Greedy answers for ``examples``, generated as ``predict`` does: mean reward and execution accuracy.
+
+        The reward is this run's mode (RM score of the cleaned SQL, execution reward, or both) before
+        clipping and without the KL term.
+        """
+        from ..models.generation import generate as generate_sql
+        from .reward_model import score_texts
+
+        swapped = self._swap_in_ema() if use_ema and self.ema is not None else None
+        try:
+            with self._gathered():
+                generations = generate_sql(self.actor, self.tokenizer, [e.prompt for e in examples],
+                                           batch_size=batch_size, max_new_tokens=self.cfg.max_new_tokens,
+                                           max_source_length=self.cfg.max_source_length)
+        finally:
+            if swapped is not None:
+                self._restore(swapped)
+        sqls = [g.sql for g in generations]
+        rm_scores = execution = None
+        out: dict[str, float] = {}
+        if self.cfg.reward.mode in ("rm", "hybrid"):
+            with self.critic.disable_adapter():
+                scores = [score_texts(self.critic, self.tokenizer, [e.prompt for e in examples[i:i + batch_size]],
+                                      sqls[i:i + batch_size], self.cfg.max_source_length + self.cfg.max_new_tokens,
+                                      keys=[e.db_id for e in examples[i:i + batch_size]])
+                          for i in range(0, len(examples), batch_size)]
+            rm_scores = torch.cat(scores).tolist()
+            out["rm_score"] = float(np.mean(rm_scores))
+        if self.judge is not None:
+            verdicts = self.judge.verdicts([(e.db_id, e.query, s) for e, s in zip(examples, sqls, strict=True)])
+            execution = [self.execution_rewards(v) for v in verdicts]
+            out["execution_accuracy"] = float(np.mean([v is Verdict.MATCH for v in verdicts]))
+        out["reward"] = float(np.mean(combine_rewards(self.cfg.reward.mode, rm_scores, execution,
+                                                      self.cfg.reward.execution_weight)))
+        return out
+
+    @torch.no_grad()
+    def _swap_in_ema(self) -> dict[str, torch.Tensor]:
+        saved = {}
+        for name, p in self.actor.named_parameters():
+            if name in self.ema:
+                saved[name] = p.detach().clone()
+                p.copy_(self.ema[name])
+        return saved
+
+    @torch.no_grad()
+    def _restore(self, saved: dict[str, torch.Tensor]) -> None:
+        for name, p in self.actor.named_parameters():
+            if name in saved:
+                p.copy_(saved[name])
+
+    def publish_actor(self, directory: Path) -> None:
+        """Save the actor's adapter (PEFT format), the EMA adapter with ``ema``; the SFT base is not copied."""
+        swapped = self._swap_in_ema() if self.ema is not None else None
+        try:
+            with self._gathered():
+                self.actor.save_pretrained(str(directory))
+        finally:
+            if swapped is not None:
+                self._restore(swapped)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "global_step": self.global_step,
+            "actor": _trainable_state(self.actor),
+            "critic": _trainable_state(self.critic),
+            "actor_optimizer": self.actor_opt.state_dict(),
+            "critic_optimizer": self.critic_opt.state_dict(),
+            "ema": self.ema,
+            "history": self.history,
+            "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
+                    "torch": torch.get_rng_state()},
+        }
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, model in (("actor", self.actor), ("critic", self.critic)):
+            params = dict(model.named_parameters())
+            missing = set(state[key]) ^ {n for n, p in params.items() if p.requires_grad}
+            if missing:
+                raise ValueError(f"checkpoint's {key} parameters do not match the model: {sorted(missing)[:5]}")
+            for name, value in state[key].items():
+                params[name].copy_(value)
+        self.actor_opt.load_state_dict(state["actor_optimizer"])
+        self.critic_opt.load_state_dict(state["critic_optimizer"])
+        self.ema = state["ema"]
+        self.history = list(state["history"])
+        self.global_step = int(state["global_step"])
+        random.setstate(state["rng"]["python"])
+        np.random.set_state(state["rng"]["numpy"])
+        torch.set_rng_state(state["rng"]["torch"])
+
+    def save(self, directory: Path) -> Path:
+        """Write the full training state to ``directory`` (atomically) and return the file."""
+        directory.mkdir(parents=True, exist_ok=True)
+        target = directory / STATE_FILE
+        tmp = directory / (STATE_FILE + ".tmp")
+        torch.save(self.state_dict(), tmp)
+        tmp.replace(target)
+        (directory / "trainer_state.json").write_text(json.dumps({"global_step": self.global_step}) + "\n")
+        return target
+
+    def load(self, directory: Path) -> None:
+        state = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=False)
+        self.load_state_dict(state)
+
+    def optimizer_steps(self) -> int:
+        """How many Adam steps the actor optimizer has taken (its restored state proves a real resume)."""
+        states = [s for s in self.actor_opt.state.values() if "step" in s]
+        return int(states[0]["step"]) if states else 0

@@ -1,0 +1,137 @@
+"""The ``predict`` stage: SQL for every dev question from a trained policy (``predict_sft``, ``predict_ppo``).
+
+The policy is the model published by the step's ``model_from`` upstream (``sft`` or ``ppo``), rebuilt
+from its ``model_ref.json`` (:func:`text2sql_core.models.loading.load_policy_from_step`). Prompts are
+``dev_flat.jsonl`` of the prepare step, generated in left-padded batches, greedy by default
+(sampled decoding made the reference results noisy); each output stops at the end of its first
+statement and is cleaned (:func:`text2sql_core.models.generation.clean_sql`).
+
+Published files, one row per dev question in dev order:
+
+- ``predictions.jsonl``: ``{index, db_id, prediction, raw}`` (``raw``: the text as generated);
+- ``predictions.sql``: one prediction a line, aligned with ``dev_gold.sql`` (the Spider evaluator's
+  input); an empty prediction is written as ``SELECT`` so that no line is blank.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from ..errors import BadInput
+from .base import Stage, StageConfigBase, StageContext
+
+__all__ = ["STAGE", "PredictConfig", "read_dev_prompts", "run"]
+
+
+class PredictConfig(StageConfigBase):
+    """Generation settings. Greedy by default: sampled decoding made the reference results noisy."""
+
+    batch_size: int = Field(32, ge=1, description="Prompts generated together (left-padded).")
+    max_new_tokens: int = Field(128, ge=1, description="Longest SQL generated, in tokens.")
+    max_source_length: int = Field(768, ge=8, description="Prompt tokens kept (the beginning is cut first).")
+    decoding: Literal["greedy", "sample"] = Field("greedy", description="Greedy (deterministic) or sampled.")
+    temperature: float = Field(0.7, gt=0, description="Sampling temperature (decoding: sample only).")
+    top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass (decoding: sample only).")
+    copy_values: bool = Field(False, description="Constrain quoted values in the SQL to words copied from the "
+                                                 "question (helps small models that cannot copy unseen words yet).")
+    limit: int | None = Field(None, ge=1, description="Predict only the first N dev questions (quick checks).")
+    num_threads: int | None = Field(None, ge=1, description="CPU threads for torch; default: all cores.")
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise BadInput("missing: the prepare step publishes it", uri=str(path))
+    rows = []
+    with path.open(encoding="utf-8") as fh:
+        for n, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise BadInput(f"not valid JSON: {exc.msg}", uri=str(path), record=f"line {n}") from None
+            if not isinstance(rec, dict):
+                raise BadInput("expected a JSON object", uri=str(path), record=f"line {n}")
+            rows.append(rec)
+    return rows
+
+
+def read_dev_prompts(prepared: Path) -> list[tuple[int, str, str]]:
+    """``(index, db_id, prompt)`` for every dev question, from ``dev_flat.jsonl`` + ``dev_meta.jsonl``."""
+    flat_path, meta_path = prepared / "dev_flat.jsonl", prepared / "dev_meta.jsonl"
+    flats, metas = _read_jsonl(flat_path), _read_jsonl(meta_path)
+    if len(flats) != len(metas):
+        raise BadInput(f"{len(flats)} prompts but {len(metas)} records in dev_meta.jsonl: not aligned",
+                       uri=str(flat_path))
+    out = []
+    for n, (flat, meta) in enumerate(zip(flats, metas, strict=True), start=1):
+        if not isinstance(flat.get("prompt"), str):
+            raise BadInput("missing or not a string", uri=str(flat_path), record=f"line {n}", field="prompt")
+        if not isinstance(meta.get("db_id"), str):
+            raise BadInput("missing or not a string", uri=str(meta_path), record=f"line {n}", field="db_id")
+        index = meta.get("index", n - 1)
+        if not isinstance(index, int):
+            raise BadInput("not an integer", uri=str(meta_path), record=f"line {n}", field="index")
+        out.append((index, meta["db_id"], flat["prompt"]))
+    if not out:
+        raise BadInput("holds no dev questions", uri=str(flat_path))
+    return out
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    import torch
+
+    from ..models.generation import EMPTY_PREDICTION, generate
+    from ..models.loading import load_policy_from_step
+
+    cfg: PredictConfig = ctx.config
+    source = ctx.step.model_from
+    if source is None:
+        raise BadInput(f"step {ctx.step.name!r} names no model_from step to predict with", stage=ctx.step.name)
+    torch.set_num_threads(cfg.num_threads or os.cpu_count() or 1)
+    torch.manual_seed(ctx.run_config.seed)
+
+    questions = read_dev_prompts(ctx.input("prepare"))
+    if cfg.limit is not None:
+        questions = questions[: cfg.limit]
+    model, tokenizer = load_policy_from_step(ctx, source)
+    ctx.log.info("policy loaded", source=source, questions=len(questions), decoding=cfg.decoding)
+
+    started = time.monotonic()
+    outputs = generate(
+        model, tokenizer, [q[2] for q in questions], batch_size=cfg.batch_size,
+        max_new_tokens=cfg.max_new_tokens, max_source_length=cfg.max_source_length,
+        do_sample=cfg.decoding == "sample", temperature=cfg.temperature, top_p=cfg.top_p,
+        copy_values=cfg.copy_values, progress=f"{ctx.step.name}", on_batch=lambda done, total: ctx.progress(step=done, total=total))
+    seconds = time.monotonic() - started
+
+    rows = [{"index": index, "db_id": db_id, "prediction": g.sql, "raw": g.raw}
+            for (index, db_id, _), g in zip(questions, outputs, strict=True)]
+    out = ctx.output_dir
+    _atomic_write(out / "predictions.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    _atomic_write(out / "predictions.sql", "".join(r["prediction"] + "\n" for r in rows))
+    new_tokens = sum(len(g.token_ids) for g in outputs)
+    return {
+        "predictions": len(rows),
+        "empty_predictions": sum(r["prediction"] == EMPTY_PREDICTION for r in rows),
+        "stopped_at_eos": sum(bool(g.token_ids) and g.token_ids[-1] == tokenizer.eos_token_id for g in outputs),
+        "mean_new_tokens": round(new_tokens / max(1, len(outputs)), 2),
+        "generate_seconds": round(seconds, 2),
+        "questions_per_s": round(len(rows) / seconds, 2) if seconds > 0 else 0.0,
+    }
+
+
+STAGE = Stage(name="predict", config_cls=PredictConfig, run=run,
+              description="Batched SQL generation for the dev set (greedy by default).")
