@@ -12,7 +12,7 @@ TORCH_VERSION ?= 2.13.0
 PYTEST_WORKERS ?= 2
 DEMO_DIR ?= demo
 
-.PHONY: install test demo lint clean tools schema
+.PHONY: install test test-training demo lint clean tools schema
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +35,11 @@ tools: install
 	bash .ci/install-tools.sh
 
 test: install tools
-	$(BIN)/pytest -n $(PYTEST_WORKERS) -p no:cacheprovider
+	$(BIN)/pytest -n $(PYTEST_WORKERS) -p no:cacheprovider -m "not training"
+
+# the quality targets of the training stages: trains tiny policies on the demo data (long on 2 CPU cores)
+test-training: install
+	$(BIN)/pytest -n $(PYTEST_WORKERS) -p no:cacheprovider -m training
 
 lint: install
 	$(BIN)/ruff check text2sql_core tests benchmarks charts/text2sql-rlhf/hack

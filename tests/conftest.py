@@ -34,3 +34,14 @@ def shared_dir() -> Path:
 @pytest.fixture(scope="session")
 def spider_sample(shared_dir: Path) -> Path:
     return shared_dir / "spider-sample"
+
+
+#: session fixtures that train tiny policies to quality targets (minutes of CPU each)
+TRAINING_FIXTURES = frozenset({"sft_trained", "sft_undertrained", "rm_run"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests built on the trained-policy fixtures get the ``training`` mark (``make test-training``)."""
+    for item in items:
+        if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.training)

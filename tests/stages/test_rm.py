@@ -44,7 +44,9 @@ def test_reward_model_ranks_held_out_pairs(rm_run):  # noqa: F811
     assert info["policy_step"] == "sft" and info["policy"]["step"] == "sft"
     assert (rm_dir / "adapter" / "adapter_config.json").is_file()
     log = [json.loads(line) for line in (rm_dir / "rm_log.jsonl").read_text().splitlines()]
-    assert log[-1]["step"] == metrics["steps"] and log[-1]["loss"] < log[0]["loss"]
+    assert log[-1]["step"] == metrics["steps"]
+    losses = [r["loss"] for r in log]
+    assert sum(losses[-3:]) < sum(losses[:3])  # per-batch losses are noisy: compare the ends of the curve
 
 
 @pytest.mark.slow

@@ -68,6 +68,8 @@ class PPOConfig(StageConfigBase):
     max_source_length: int = Field(1024, ge=8, description="Prompt tokens kept (the beginning is cut first).")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of the rollouts.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass of the rollouts.")
+    train_prompts: int | None = Field(None, ge=1, description="Use only the first N training prompts (quick runs, "
+                                                                 "tests); default all.")
     # Objective
     reward: RewardConfig = Field(default_factory=RewardConfig, description="Reward mode and execution rewards.")
     kl_coef: float = Field(0.05, ge=0, description="beta: per-token KL penalty against the reference policy.")
@@ -195,7 +197,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     prepared = ctx.input("prepare")
-    train_rows = read_prompts(prepared, "train")
+    train_rows = read_prompts(prepared, "train")[:cfg.train_prompts]
     examples = _examples(train_rows)
     eval_train = random.Random(seed).sample(examples, min(cfg.eval_train_prompts, len(examples)))
     eval_dev = _examples(read_prompts(prepared, "dev")[:cfg.eval_dev_prompts]) if cfg.eval_dev_prompts else []

@@ -350,7 +350,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
     seconds = time.monotonic() - started
 
     # Adam's own step counter: equals max_steps only when a resumed run restored the optimizer state.
-    opt_steps = [int(s["step"]) for s in trainer.optimizer.state_dict()["state"].values() if "step" in s]
+    try:
+        opt_steps = [int(s["step"]) for s in trainer.optimizer.state_dict()["state"].values() if "step" in s]
+    except (AttributeError, KeyError, TypeError):  # DeepSpeed's optimizers keep their state elsewhere
+        opt_steps = []
     optimizer_step = max(opt_steps) if opt_steps else 0
 
     out = ctx.output_dir
