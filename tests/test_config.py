@@ -57,13 +57,13 @@ def test_schema_is_json_schema() -> None:
 def test_cli_validate_exit_codes(tmp_path: Path) -> None:
     good = _write(tmp_path, "run_id: ok-run\n")
     r = subprocess.run([sys.executable, "-m", "text2sql_core.cli", "config", "validate", str(good)],
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stderr
     bad = tmp_path / "bad.yaml"
     bad.write_text("seed: [1]\nmodel:\n  dtype: float7\n")
     r = subprocess.run([sys.executable, "-m", "text2sql_core.cli", "config", "validate", str(bad)],
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, check=False)
     assert r.returncode == 2
     assert "seed:" in r.stderr and "model.dtype:" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "text2sql_core.cli", "config", "schema"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "text2sql_core.cli", "config", "schema"], capture_output=True, text=True, check=False)
     assert r.returncode == 0 and json.loads(r.stdout)["title"] == "text2sql-rlhf run config"

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from .config import RunConfig
 from .errors import EXIT_BAD_INPUT, BadInput, T2SError

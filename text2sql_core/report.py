@@ -62,8 +62,8 @@ def render_report(run_id: str, manifests: dict[str, Manifest | None], curves: di
                 row.append(_fmt(m.metrics.get(f"{metric}{key}") if m else None))
         lines.append(f"| {row[0]} | {row[1]} | {row[2]} | {row[3]} | {row[4]} |")
     if sft and ppo and isinstance(sft.metrics.get("ex"), float) and isinstance(ppo.metrics.get("ex"), float):
-        lines += ["", f"RLHF changes EX by {100 * (ppo.metrics['ex'] - sft.metrics['ex']):+.1f} points and EM by "
-                      f"{100 * (ppo.metrics.get('em', 0.0) - sft.metrics.get('em', 0.0)):+.1f} points."]
+        lines += ["", (f"RLHF changes EX by {100 * (ppo.metrics['ex'] - sft.metrics['ex']):+.1f} points and EM by "
+                      f"{100 * (ppo.metrics.get('em', 0.0) - sft.metrics.get('em', 0.0)):+.1f} points.")]
     rm = manifests.get("rm")
     lines += ["", "## Reward model", ""]
     if rm:

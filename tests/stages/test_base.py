@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from text2sql_core.config import RunConfig
 from text2sql_core.errors import BadInput
 from text2sql_core.stages.base import Stage, run_step, step_prefix

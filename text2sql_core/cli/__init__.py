@@ -54,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("t2s: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # the catch-all that turns crashes into exit 1 for the Job's backoff
+    except Exception as exc:  # noqa: BLE001 - the catch-all that turns crashes into exit 1 for the Job's backoff
         from ..logging import get_logger
 
         get_logger().exception("unexpected error", error=type(exc).__name__)
