@@ -12,7 +12,7 @@ TORCH_VERSION ?= 2.13.0
 PYTEST_WORKERS ?= 2
 DEMO_DIR ?= demo
 
-.PHONY: install test test-training demo lint clean tools schema
+.PHONY: install test test-training test-fast demo lint clean tools schema
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -34,12 +34,17 @@ install: $(VENV)/.installed
 tools: install
 	bash .ci/install-tools.sh
 
+# everything, the training-quality tests included (about 15 minutes on 2 cores)
 test: install tools
-	$(BIN)/pytest -n $(PYTEST_WORKERS) -p no:cacheprovider -m "not training"
+	$(BIN)/pytest -n $(PYTEST_WORKERS) -p no:cacheprovider
 
-# the quality targets of the training stages: trains tiny policies on the demo data (long on 2 CPU cores)
+# only the quality targets of the training stages: trains tiny policies on the demo data
 test-training: install
 	$(BIN)/pytest -n $(PYTEST_WORKERS) -p no:cacheprovider -m training
+
+# everything but those (about 5 minutes)
+test-fast: install tools
+	$(BIN)/pytest -n $(PYTEST_WORKERS) -p no:cacheprovider -m "not training"
 
 lint: install
 	$(BIN)/ruff check text2sql_core tests benchmarks charts/text2sql-rlhf/hack

@@ -81,6 +81,18 @@ def test_sampling_is_seeded_and_greedy_is_deterministic(tiny) -> None:
     assert len({g.token_ids for g in s1}) > 1  # a random model at temperature 1.5 does not repeat itself
 
 
+def test_beam_candidates_come_best_first(tiny) -> None:
+    model, tok = tiny
+    prompts = ["Question: how many singers?\nSQL:", "Question: list names\nSQL: SELECT"]
+    beams = generate(model, tok, prompts, max_new_tokens=8, num_candidates=3, copy_values=True)
+    for g in beams:
+        assert len(g.candidates) == 3
+        assert (g.candidates[0].raw, g.candidates[0].sql) == (g.raw, g.sql)
+        assert all(c.sql == clean_sql(c.raw) for c in g.candidates)
+        assert len({c.raw for c in g.candidates}) > 1  # distinct beams
+    assert generate(model, tok, prompts, max_new_tokens=8)[0].candidates == ()  # greedy: no beams
+
+
 def test_encode_prompts_left_pads_and_cuts_from_the_left(tiny) -> None:
     _model, tok = tiny
     enc = encode_prompts(tok, ["Question: list names\nSQL:", "Q"], max_source_length=5)

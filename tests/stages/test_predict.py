@@ -10,6 +10,7 @@ import pytest
 from text2sql_core.config import RunConfig
 from text2sql_core.errors import BadInput
 from text2sql_core.models.generation import EMPTY_PREDICTION, clean_sql
+from text2sql_core.sql.sandbox import execute
 from text2sql_core.stages.base import run_step
 from text2sql_core.stages.predict import read_dev_prompts
 
@@ -68,6 +69,25 @@ def test_prepare_sft_predict_evaluate_on_real_spider_schemas(spider_sample: Path
     assert log[-1]["loss"] < log[0]["loss"]
     preds = (tmp_path / "store" / "runs" / "spider" / "predict_sft" / "predictions.sql").read_text().splitlines()
     assert len(preds) == 24
+
+    # execution-guided decoding: where the greedy SQL fails to run, the best beam that runs replaces it
+    greedy = _jsonl(tmp_path / "store" / "runs" / "spider" / "predict_sft" / "predictions.jsonl")
+    guided_cfg = cfg.model_copy(update={"stages": cfg.stages.model_copy(update={
+        "predict": cfg.stages.predict.model_copy(update={"execution_guided": 4})})})
+    metrics = run_step(guided_cfg, "predict_sft").manifest.metrics
+    guided = _jsonl(tmp_path / "store" / "runs" / "spider" / "predict_sft" / "predictions.jsonl")
+    db_dir = tmp_path / "store" / "runs" / "spider" / "prepare" / "database"
+
+    def runs(row: dict) -> bool:
+        return execute(db_dir / row["db_id"] / f"{row['db_id']}.sqlite", row["prediction"]).ok
+
+    failing = [n for n, row in enumerate(greedy) if not runs(row)]
+    assert metrics["execution_guided_failing"] == len(failing) > 0  # an under-trained model breaks some SQL
+    changed = [n for n, (a, b) in enumerate(zip(greedy, guided, strict=True)) if a["prediction"] != b["prediction"]]
+    assert set(changed) <= set(failing)  # SQL that runs is never touched
+    assert len(changed) == metrics["execution_guided_replaced"]
+    assert all(runs(guided[n]) for n in changed)
+    assert all(row["prediction"] == clean_sql(row["raw"]) for row in guided)
 
 
 def test_dev_prompts_must_be_aligned(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "EMPTY_PREDICTION",
+    "Candidate",
     "Generation",
     "clean_sql",
     "encode_prompts",
@@ -140,12 +141,24 @@ def clean_sql(raw: str) -> str:
 
 
 @dataclass(frozen=True)
+class Candidate:
+    """One more beam of a prompt (beam search with ``num_candidates`` > 1): raw text and cleaned SQL."""
+
+    raw: str
+    sql: str
+
+
+@dataclass(frozen=True)
 class Generation:
-    """One prompt's output: the raw text after the prompt, the cleaned SQL, and the token ids generated."""
+    """One prompt's output: the raw text after the prompt, the cleaned SQL, and the token ids generated.
+
+    ``candidates`` holds every beam, best first (the first is this output), when beam search ran.
+    """
 
     raw: str
     sql: str
     token_ids: tuple[int, ...]
+    candidates: tuple[Candidate, ...] = ()
 
 
 def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], max_source_length: int,
@@ -177,15 +190,26 @@ def _stopping(tokenizer: PreTrainedTokenizerBase, prompt_len: int):  # -> Stoppi
     return _SqlStatementEnd()
 
 
+def _decode_row(tokenizer: PreTrainedTokenizerBase, ids: list[int], eos: int, pad: int) -> tuple[list[int], str]:
+    """A generated row's ids up to its ``</s>`` (padding dropped) and their text."""
+    if eos in ids:
+        ids = ids[: ids.index(eos) + 1]
+    while ids and ids[-1] == pad and pad != eos:
+        ids.pop()
+    return ids, tokenizer.decode(ids, skip_special_tokens=True)
+
+
 def generate(model: Any, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], *, batch_size: int = 32,
              max_new_tokens: int = 128, max_source_length: int = 1024, do_sample: bool = False,
              temperature: float = 1.0, top_p: float = 1.0, progress: bool | str = False,
-             on_batch: Callable[[int, int], None] | None = None, copy_values: bool = False) -> list[Generation]:
+             on_batch: Callable[[int, int], None] | None = None, copy_values: bool = False,
+             num_candidates: int = 1) -> list[Generation]:
     """Generate SQL for ``prompts`` (results in the same order). ``progress``: a tqdm bar label, to stderr.
 
     Sampling draws from torch's global RNG: seed it for reproducible samples. ``on_batch(done, total)``
     is called after every batch (live progress for the stage). ``copy_values`` constrains string
-    literals to words of the question (:mod:`text2sql_core.models.value_copy`).
+    literals to words of the question (:mod:`text2sql_core.models.value_copy`). ``num_candidates`` > 1
+    (greedy only) runs beam search with that many beams and returns them all in ``candidates``.
     """
     import torch
     from tqdm import tqdm
@@ -211,25 +235,27 @@ def generate(model: Any, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[s
             enc = encode_prompts(tokenizer, [prompts[i] for i in idx], max_source_length, device)
             width = enc["input_ids"].shape[1]
             kwargs: dict[str, Any] = {"do_sample": do_sample}
+            beams = num_candidates if num_candidates > 1 and not do_sample else 1
             if do_sample:
                 kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
             else:
                 kwargs.update(temperature=None, top_p=None, top_k=None)
+            if beams > 1:
+                kwargs.update(num_beams=beams, num_return_sequences=beams, early_stopping=True)
             if copy_values:
                 from .value_copy import ValueCopyConstraint
 
-                kwargs["logits_processor"] = [ValueCopyConstraint(tokenizer, [prompts[i] for i in idx], width)]
+                kwargs["logits_processor"] = [ValueCopyConstraint(tokenizer, [prompts[i] for i in idx], width,
+                                                                  rows_per_source=beams)]
             with torch.no_grad():
                 out = model.generate(**enc, max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad,
                                      stopping_criteria=[_stopping(tokenizer, width)], **kwargs)
             for row, i in enumerate(idx):
-                ids = out[row, width:].tolist()
-                if eos in ids:
-                    ids = ids[: ids.index(eos) + 1]
-                while ids and ids[-1] == pad and pad != eos:
-                    ids.pop()
-                raw = tokenizer.decode(ids, skip_special_tokens=True)
-                results[i] = Generation(raw=raw, sql=clean_sql(raw), token_ids=tuple(ids))
+                decoded = [_decode_row(tokenizer, out[row * beams + b, width:].tolist(), eos, pad)
+                           for b in range(beams)]
+                ids, raw = decoded[0]
+                candidates = tuple(Candidate(raw=r, sql=clean_sql(r)) for _, r in decoded) if beams > 1 else ()
+                results[i] = Generation(raw=raw, sql=clean_sql(raw), token_ids=tuple(ids), candidates=candidates)
             bar.update(len(idx))
             if on_batch is not None:
                 on_batch(min(start + batch_size, len(order)), len(order))

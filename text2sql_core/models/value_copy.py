@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -177,6 +177,13 @@ def allowed_in_number(number: str, piece: str, numbers: frozenset[str]) -> bool:
     return run.group() in numbers
 
 
+def _find_all(text: str, part: str) -> Iterator[int]:
+    i = text.find(part)
+    while i >= 0:
+        yield i
+        i = text.find(part, i + 1)
+
+
 def allowed_in_literal(literal: str, piece: str, quote: str, source: str, *, like: bool = False) -> bool:
     """May ``piece`` follow ``literal`` (inside ``quote``; a LIKE pattern when ``like``) given the question?"""
     if "\n" in piece:  # a value is one line of the question
@@ -190,27 +197,50 @@ def allowed_in_literal(literal: str, piece: str, quote: str, source: str, *, lik
 class ValueCopyConstraint:
     """A ``transformers`` logits processor: masks tokens that would make a literal leave the prompt.
 
-    ``sources`` holds one prompt per batch row; ``prompt_width`` is where generated tokens begin.
+    ``sources`` holds one prompt per batch row (``rows_per_source`` consecutive rows each under beam
+    search); ``prompt_width`` is where generated tokens begin.
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, sources: Sequence[str], prompt_width: int) -> None:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, sources: Sequence[str], prompt_width: int,
+                 rows_per_source: int = 1) -> None:
         self.tokenizer = tokenizer
-        self.sources = [question_of(s) for s in sources]
+        self.sources = [question_of(s) for s in sources for _ in range(rows_per_source)]
         self.numbers = [question_numbers(s) for s in self.sources]
         self.prompt_width = prompt_width
         special = set(tokenizer.all_special_ids)
         self.pieces: list[str | None] = [None if i in special else tokenizer.decode([i])
                                          for i in range(len(tokenizer))]
+        self.by_first: dict[str, list[int]] = {}
+        for i, p in enumerate(self.pieces):
+            if p:
+                self.by_first.setdefault(p[0], []).append(i)
+        self._cache: dict[tuple[str, str, str, bool], list[int] | None] = {}
         # the pieces that can begin or extend a number (digits, a decimal point); every other piece
         # either leaves the number alone or ends it
         self.numeric = [i for i, p in enumerate(self.pieces) if p and p.lstrip(" ")[:1] in set("0123456789.")]
 
     def allowed(self, literal: str, quote: str, source: str, *, like: bool = False) -> list[int] | None:
         """Token ids allowed next, or ``None`` when the literal so far is not in the question (no constraint)."""
+        key = (literal, quote, source, like)
+        if key not in self._cache:
+            self._cache[key] = self._allowed(literal, quote, source, like)
+        return self._cache[key]
+
+    def _allowed(self, literal: str, quote: str, source: str, like: bool) -> list[int] | None:
         if not _occurs(literal, source, closed=False, like=like):
             return None
-        return [i for i, p in enumerate(self.pieces)
-                if p is not None and allowed_in_literal(literal, p, quote, source, like=like)]
+        if like:  # wildcards lift word boundaries: check every piece
+            candidates: Iterable[int] = range(len(self.pieces))
+        else:  # only a piece that starts with a character following the literal in the question, or the quote
+            if literal:
+                firsts = {source[i + len(literal)] for i in _find_all(source, literal) if i + len(literal) < len(source)}
+            else:
+                firsts = set(source)
+            firsts.add(quote)
+            candidates = [i for ch in firsts for i in self.by_first.get(ch, ())]
+        return sorted(i for i in candidates
+                      if self.pieces[i] is not None and allowed_in_literal(literal, self.pieces[i], quote, source,
+                                                                           like=like))
 
     def blocked_in_number(self, number: str, numbers: frozenset[str]) -> tuple[list[int], bool] | None:
         """``(numeric pieces blocked, whether all other pieces are blocked too)``, or ``None`` (no constraint).

@@ -40,6 +40,11 @@ class PredictConfig(StageConfigBase):
     top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass (decoding: sample only).")
     copy_values: bool = Field(False, description="Constrain quoted values in the SQL to words copied from the "
                                                  "question (helps small models that cannot copy unseen words yet).")
+    execution_guided: int = Field(
+        0, ge=0, le=32, description="N >= 2: where the greedy SQL fails to execute on the question's database "
+                                    "(SQL sandbox), beam search with N beams runs and the best beam that executes "
+                                    "is the prediction (execution-guided decoding; greedy only). 0 or 1: off.")
+    sql_timeout_s: float = Field(5.0, gt=0, description="Per-query timeout when execution_guided runs candidates.")
     limit: int | None = Field(None, ge=1, description="Predict only the first N dev questions (quick checks).")
     num_threads: int | None = Field(None, ge=1, description="CPU threads for torch; default: all cores.")
 
@@ -95,6 +100,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     from ..models.generation import EMPTY_PREDICTION, generate
     from ..models.loading import load_policy_from_step
+    from ..sql.sandbox import SandboxPool
 
     cfg: PredictConfig = ctx.config
     source = ctx.step.model_from
@@ -114,11 +120,34 @@ def run(ctx: StageContext) -> dict[str, Any]:
         model, tokenizer, [q[2] for q in questions], batch_size=cfg.batch_size,
         max_new_tokens=cfg.max_new_tokens, max_source_length=cfg.max_source_length,
         do_sample=cfg.decoding == "sample", temperature=cfg.temperature, top_p=cfg.top_p,
-        copy_values=cfg.copy_values, progress=f"{ctx.step.name}", on_batch=lambda done, total: ctx.progress(step=done, total=total))
+        copy_values=cfg.copy_values, progress=f"{ctx.step.name}",
+        on_batch=lambda done, total: ctx.progress(step=done, total=total))
+    chosen = [(g.raw, g.sql) for g in outputs]
+    guided: dict[str, Any] = {}
+    if cfg.execution_guided >= 2 and cfg.decoding == "greedy":
+        with SandboxPool(2) as pool:
+            runs = _runs(pool, ctx.input("prepare") / "database", [(q[1], g.sql) for q, g in zip(questions, outputs)],
+                         cfg.sql_timeout_s)
+            failing = [n for n, ok in enumerate(runs) if not ok]
+            beams = generate(model, tokenizer, [questions[n][2] for n in failing], batch_size=cfg.batch_size,
+                             max_new_tokens=cfg.max_new_tokens, max_source_length=cfg.max_source_length,
+                             copy_values=cfg.copy_values, num_candidates=cfg.execution_guided,
+                             progress=f"{ctx.step.name} (beams)")
+            jobs = [(questions[n][1], c.sql) for n, g in zip(failing, beams) for c in g.candidates]
+            ran = iter(_runs(pool, ctx.input("prepare") / "database", jobs, cfg.sql_timeout_s))
+            replaced = 0
+            for n, g in zip(failing, beams):
+                oks = [next(ran) for _ in g.candidates]
+                if True in oks:
+                    best = g.candidates[oks.index(True)]
+                    chosen[n] = (best.raw, best.sql)
+                    replaced += 1
+        guided = {"execution_guided_failing": len(failing), "execution_guided_replaced": replaced}
+        ctx.log.info("execution-guided decoding", **guided)
     seconds = time.monotonic() - started
 
-    rows = [{"index": index, "db_id": db_id, "prediction": g.sql, "raw": g.raw}
-            for (index, db_id, _), g in zip(questions, outputs, strict=True)]
+    rows = [{"index": index, "db_id": db_id, "prediction": sql, "raw": raw}
+            for (index, db_id, _), (raw, sql) in zip(questions, chosen, strict=True)]
     out = ctx.output_dir
     _atomic_write(out / "predictions.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     _atomic_write(out / "predictions.sql", "".join(r["prediction"] + "\n" for r in rows))
@@ -130,7 +159,19 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "mean_new_tokens": round(new_tokens / max(1, len(outputs)), 2),
         "generate_seconds": round(seconds, 2),
         "questions_per_s": round(len(rows) / seconds, 2) if seconds > 0 else 0.0,
+        **guided,
     }
+
+
+def _runs(pool: Any, database_dir: Path, jobs: list[tuple[str, str]], timeout_s: float) -> list[bool]:
+    """Whether each ``(db_id, sql)`` executes without error in the sandbox (the result is not looked at).
+
+    Why execution-guided decoding: a small model's mistakes are often a column its tables do not have
+    or a broken literal; a lower beam is often the right query (Wang et al., 2018). Only "runs"
+    counts, never the result: the gold answer is not consulted.
+    """
+    results = pool.run([(database_dir / db / f"{db}.sqlite", sql) for db, sql in jobs], timeout_s=timeout_s)
+    return [r.ok for r in results]
 
 
 STAGE = Stage(name="predict", config_cls=PredictConfig, run=run,
