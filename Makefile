@@ -36,7 +36,7 @@ tools: install
 
 # everything, the training-quality tests included (about 15 minutes on 2 cores)
 test: install tools
-	$(BIN)/pytest -n $(PYTEST_WORKERS) -p no:cacheprovider
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist worksteal -p no:cacheprovider
 
 # only the quality targets of the training stages: trains tiny policies on the demo data
 test-training: install

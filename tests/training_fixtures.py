@@ -148,8 +148,12 @@ def _train(root: Path, data_dir: Path, name: str, sft: dict[str, Any]) -> Traine
             "data": {"train": str(data_dir / "train.json"), "dev": str(data_dir / "dev.json"),
                      "tables": str(data_dir / "tables.json"), "db_dir": str(data_dir / "database")},
             "model": {"path": "tiny", "tiny": TINY_MODEL},
-            "stages": {"sft": sft, "predict": {"batch_size": 64, "max_new_tokens": 96,
-                                                                       "copy_values": True, "execution_guided": 4}},
+            # one torch thread per stage: pytest-xdist runs two workers on two cores, and two
+            # 2-thread trainings on 2 cores are slower than two 1-thread ones (the results are the same)
+            "stages": {"sft": {**sft, "num_threads": 1},
+                       "predict": {"batch_size": 64, "max_new_tokens": 96, "copy_values": True,
+                                   "execution_guided": 4, "num_threads": 1},
+                       "rm_data": {"num_threads": 1}, "rm": {"num_threads": 1}, "ppo": {"num_threads": 1}},
         })
 
     def build(d: Path) -> dict[str, Any]:

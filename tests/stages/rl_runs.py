@@ -1,8 +1,7 @@
-"""Cached runs with a reward model: an SFT run plus ``rm_data`` and ``rm`` published.
+"""A cached run with a reward model: the under-trained SFT run plus ``rm_data`` and ``rm`` published.
 
-Built once per test session (shared by xdist workers like ``tests/training_fixtures.py``):
-``rm_run`` sits on the under-trained policy (PPO's starting point), ``rm_well`` on the well-trained
-one (the demo's policy; the accuracy test). Import a fixture into a test module::
+Built once per test session (shared by xdist workers like ``tests/training_fixtures.py``), so the RM
+accuracy test and the PPO tests train the reward model once. Import the fixture into a test module::
 
     from tests.stages.rl_runs import rm_run  # noqa: F401  (a fixture)
 """
@@ -22,12 +21,10 @@ from tests.training_fixtures import _cache_root, _once
 #: pair mining on a slice of the demo's training prompts (k samples each from the under-trained policy)
 RM_DATA_SETTINGS: dict[str, Any] = {"limit": 240, "num_candidates": 4, "max_new_tokens": 64, "batch_size": 16,
                                     "eval_fraction": 0.2}
-#: reward-model training on the under-trained policy's pairs (the critic PPO starts from)
+#: reward-model training on the under-trained policy's pairs (the critic PPO starts from; the accuracy test)
 RM_SETTINGS: dict[str, Any] = {"max_steps": 120, "batch_size": 16, "learning_rate": 2e-3, "eval_steps": 40,
                                "save_steps": 60, "logging_steps": 10}
-#: reward-model training on the well-trained policy's pairs: the accuracy test
-RM_WELL_SETTINGS: dict[str, Any] = {"max_steps": 300, "batch_size": 16, "learning_rate": 1e-3, "eval_steps": 50,
-                                    "save_steps": 300, "logging_steps": 10}
+
 
 
 @dataclass(frozen=True)
@@ -81,9 +78,3 @@ def _rm_fixture(tmp_path_factory: pytest.TempPathFactory, base, name: str, rm: d
 def rm_run(tmp_path_factory: pytest.TempPathFactory, sft_undertrained) -> RLRun:
     """The under-trained SFT run with pairs mined and the reward model trained (cached per session): PPO's start."""
     return _rm_fixture(tmp_path_factory, sft_undertrained, "rm-under", RM_SETTINGS)
-
-
-@pytest.fixture(scope="session")
-def rm_well(tmp_path_factory: pytest.TempPathFactory, sft_trained) -> RLRun:
-    """The well-trained SFT run (the demo's policy) with pairs mined and the reward model trained longer."""
-    return _rm_fixture(tmp_path_factory, sft_trained, "rm-well", RM_WELL_SETTINGS)
