@@ -126,7 +126,7 @@ def main() -> None:
     spread = statistics.stdev(lifts) if len(lifts) > 1 else 0.0
     print(f"mean lift {statistics.mean(lifts):+.1f} points (sd {spread:.1f}) over {len(lifts)} seed(s); "
           f"goal >= +5.0 points: {'reached' if statistics.mean(lifts) >= 5 else 'not reached'}")
-    (root / "results.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+    (root / "results.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items() if k != "workdir"},
                                                    "rows": rows}, indent=2) + "\n")
 
 

@@ -100,7 +100,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     from ..models.generation import EMPTY_PREDICTION, generate
     from ..models.loading import load_policy_from_step
-    from ..sql.sandbox import SandboxPool
 
     cfg: PredictConfig = ctx.config
     source = ctx.step.model_from
@@ -125,24 +124,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     chosen = [(g.raw, g.sql) for g in outputs]
     guided: dict[str, Any] = {}
     if cfg.execution_guided >= 2 and cfg.decoding == "greedy":
-        with SandboxPool(2) as pool:
-            runs = _runs(pool, ctx.input("prepare") / "database", [(q[1], g.sql) for q, g in zip(questions, outputs)],
-                         cfg.sql_timeout_s)
-            failing = [n for n, ok in enumerate(runs) if not ok]
-            beams = generate(model, tokenizer, [questions[n][2] for n in failing], batch_size=cfg.batch_size,
-                             max_new_tokens=cfg.max_new_tokens, max_source_length=cfg.max_source_length,
-                             copy_values=cfg.copy_values, num_candidates=cfg.execution_guided,
-                             progress=f"{ctx.step.name} (beams)")
-            jobs = [(questions[n][1], c.sql) for n, g in zip(failing, beams) for c in g.candidates]
-            ran = iter(_runs(pool, ctx.input("prepare") / "database", jobs, cfg.sql_timeout_s))
-            replaced = 0
-            for n, g in zip(failing, beams):
-                oks = [next(ran) for _ in g.candidates]
-                if True in oks:
-                    best = g.candidates[oks.index(True)]
-                    chosen[n] = (best.raw, best.sql)
-                    replaced += 1
-        guided = {"execution_guided_failing": len(failing), "execution_guided_replaced": replaced}
+        guided = _execution_guided(cfg, model, tokenizer, questions, chosen, ctx.input("prepare") / "database")
         ctx.log.info("execution-guided decoding", **guided)
     seconds = time.monotonic() - started
 
@@ -163,13 +145,40 @@ def run(ctx: StageContext) -> dict[str, Any]:
     }
 
 
-def _runs(pool: Any, database_dir: Path, jobs: list[tuple[str, str]], timeout_s: float) -> list[bool]:
-    """Whether each ``(db_id, sql)`` executes without error in the sandbox (the result is not looked at).
+def _execution_guided(cfg: PredictConfig, model: Any, tokenizer: Any, questions: list[tuple[int, str, str]],
+                      chosen: list[tuple[str, str]], database_dir: Path) -> dict[str, int]:
+    """Replace, in ``chosen`` (``(raw, sql)`` per question), the SQL that fails to execute by the best of
+    ``cfg.execution_guided`` beams that executes; return how many failed and how many were replaced.
 
-    Why execution-guided decoding: a small model's mistakes are often a column its tables do not have
-    or a broken literal; a lower beam is often the right query (Wang et al., 2018). Only "runs"
+    Why: a small model's mistakes are often a column its tables do not have or a broken literal; a
+    lower beam is often the right query (Wang et al., 2018, execution-guided decoding). Only "runs"
     counts, never the result: the gold answer is not consulted.
     """
+    from ..models.generation import generate
+    from ..sql.sandbox import SandboxPool
+
+    with SandboxPool(2) as pool:
+        runs = _runs(pool, database_dir, [(q[1], sql) for q, (_, sql) in zip(questions, chosen, strict=True)],
+                     cfg.sql_timeout_s)
+        failing = [n for n, ok in enumerate(runs) if not ok]
+        beams = generate(model, tokenizer, [questions[n][2] for n in failing], batch_size=cfg.batch_size,
+                         max_new_tokens=cfg.max_new_tokens, max_source_length=cfg.max_source_length,
+                         copy_values=cfg.copy_values, num_candidates=cfg.execution_guided,
+                         progress="beams for SQL that failed")
+        jobs = [(questions[n][1], c.sql) for n, g in zip(failing, beams, strict=True) for c in g.candidates]
+        ran = iter(_runs(pool, database_dir, jobs, cfg.sql_timeout_s))
+    replaced = 0
+    for n, g in zip(failing, beams, strict=True):
+        oks = [next(ran) for _ in g.candidates]
+        if True in oks:
+            best = g.candidates[oks.index(True)]
+            chosen[n] = (best.raw, best.sql)
+            replaced += 1
+    return {"execution_guided_failing": len(failing), "execution_guided_replaced": replaced}
+
+
+def _runs(pool: Any, database_dir: Path, jobs: list[tuple[str, str]], timeout_s: float) -> list[bool]:
+    """Whether each ``(db_id, sql)`` executes without error in the sandbox (the result is not looked at)."""
     results = pool.run([(database_dir / db / f"{db}.sqlite", sql) for db, sql in jobs], timeout_s=timeout_s)
     return [r.ok for r in results]
 
