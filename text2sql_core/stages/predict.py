@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from ..data.jsonl import read_records
 from ..errors import BadInput
 from .base import Stage, StageConfigBase, StageContext
 
@@ -49,28 +50,10 @@ class PredictConfig(StageConfigBase):
     num_threads: int | None = Field(None, ge=1, description="CPU threads for torch; default: all cores.")
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        raise BadInput("missing: the prepare step publishes it", uri=str(path))
-    rows = []
-    with path.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise BadInput(f"not valid JSON: {exc.msg}", uri=str(path), record=f"line {n}") from None
-            if not isinstance(rec, dict):
-                raise BadInput("expected a JSON object", uri=str(path), record=f"line {n}")
-            rows.append(rec)
-    return rows
-
-
 def read_dev_prompts(prepared: Path) -> list[tuple[int, str, str]]:
     """``(index, db_id, prompt)`` for every dev question, from ``dev_flat.jsonl`` + ``dev_meta.jsonl``."""
     flat_path, meta_path = prepared / "dev_flat.jsonl", prepared / "dev_meta.jsonl"
-    flats, metas = _read_jsonl(flat_path), _read_jsonl(meta_path)
+    flats, metas = read_records(flat_path), read_records(meta_path)
     if len(flats) != len(metas):
         raise BadInput(f"{len(flats)} prompts but {len(metas)} records in dev_meta.jsonl: not aligned",
                        uri=str(flat_path))

@@ -49,6 +49,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from ..data.jsonl import read_numbered_records
 from ..errors import BadInput
 from .base import Stage, StageConfigBase, StageContext
 
@@ -95,23 +96,12 @@ class SFTConfig(StageConfigBase):
 
 def read_flat_pairs(path: Path) -> list[tuple[str, str]]:
     """``(prompt, output)`` of every line of a ``*_flat.jsonl``; ``BadInput`` names the line and field."""
-    if not path.is_file():
-        raise BadInput("missing: the prepare step publishes it", uri=str(path))
     pairs: list[tuple[str, str]] = []
-    with path.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise BadInput(f"not valid JSON: {exc.msg}", uri=str(path), record=f"line {n}") from None
-            if not isinstance(rec, dict):
-                raise BadInput("expected a JSON object", uri=str(path), record=f"line {n}")
-            for key in ("prompt", "output"):
-                if not isinstance(rec.get(key), str):
-                    raise BadInput("missing or not a string", uri=str(path), record=f"line {n}", field=key)
-            pairs.append((rec["prompt"], rec["output"]))
+    for n, rec in read_numbered_records(path):
+        for key in ("prompt", "output"):
+            if not isinstance(rec.get(key), str):
+                raise BadInput("missing or not a string", uri=str(path), record=f"line {n}", field=key)
+        pairs.append((rec["prompt"], rec["output"]))
     if not pairs:
         raise BadInput("holds no examples", uri=str(path))
     return pairs
