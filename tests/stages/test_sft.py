@@ -186,6 +186,28 @@ def test_lora_on_a_base_from_the_store_publishes_a_peft_adapter(sft_undertrained
     assert [r["raw"] for r in ppo_rows] != [r["raw"] for r in rows]  # the PPO adapter is applied on top
 
 
+def test_example_groups_read_the_database_of_every_example(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from text2sql_core.stages.sft import _example_groups
+
+    ctx = SimpleNamespace(input=lambda step: tmp_path, step=SimpleNamespace(name="sft"))
+    meta = tmp_path / "train_meta.jsonl"
+    meta.write_text('{"db_id": "a"}\n\n{"db_id": "b"}\n')
+    assert _example_groups(ctx, 2) == ["a", "b"]
+    with pytest.raises(BadInput, match="has 2 records but train_flat.jsonl has 3"):
+        _example_groups(ctx, 3)
+    meta.write_text('{"db_id": "a"}\n{"db_id": 7}\n')
+    with pytest.raises(BadInput, match=r"train_meta.jsonl, record line 2, field `db_id`: missing or not a string"):
+        _example_groups(ctx, 2)
+    meta.write_text('{"db_id": "a"}\nnot json\n')
+    with pytest.raises(BadInput, match="record line 2: not valid JSON"):
+        _example_groups(ctx, 2)
+    meta.unlink()
+    with pytest.raises(BadInput, match="shared_prefix: false"):
+        _example_groups(ctx, 2)
+
+
 def test_read_flat_pairs_names_the_bad_line_and_field(tmp_path: Path) -> None:
     path = tmp_path / "train_flat.jsonl"
     path.write_text('{"prompt": "p", "output": "SELECT 1"}\n{"prompt": "p"}\n')

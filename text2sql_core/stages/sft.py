@@ -142,17 +142,11 @@ def _example_groups(ctx: StageContext, n: int) -> list[str]:
         raise BadInput("missing: the prepare step publishes it (or set stages.sft.shared_prefix: false)",
                        uri=str(path), stage=ctx.step.name)
     groups: list[str] = []
-    with path.open(encoding="utf-8") as fh:
-        for i, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                db_id = json.loads(line).get("db_id")
-            except (json.JSONDecodeError, AttributeError):
-                raise BadInput("not a JSON object", uri=str(path), record=f"line {i}") from None
-            if not isinstance(db_id, str):
-                raise BadInput("missing or not a string", uri=str(path), record=f"line {i}", field="db_id")
-            groups.append(db_id)
+    for i, rec in read_numbered_records(path):
+        db_id = rec.get("db_id")
+        if not isinstance(db_id, str):
+            raise BadInput("missing or not a string", uri=str(path), record=f"line {i}", field="db_id")
+        groups.append(db_id)
     if len(groups) != n:
         raise BadInput(f"has {len(groups)} records but train_flat.jsonl has {n}: the files are not aligned",
                        uri=str(path), stage=ctx.step.name)
