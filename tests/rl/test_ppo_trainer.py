@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -123,3 +124,29 @@ def test_evaluate_reports_reward_and_execution_accuracy(tiny_policy, tiny_tokeni
 def test_execution_modes_need_a_judge(tiny_policy, tiny_tokenizer, spider_rows):
     with pytest.raises(ValueError, match="needs an ExecutionJudge"):
         make_trainer(tiny_policy, tiny_tokenizer, spider_rows, None, reward={"mode": "execution"})
+
+
+def test_critic_warmup_trains_only_the_critic_first(tiny_policy, tiny_tokenizer, spider_rows, judge):
+    trainer = make_trainer(tiny_policy, tiny_tokenizer, spider_rows, judge, critic_warmup_steps=1)
+    actor0 = {n: p.detach().clone() for n, p in trainer.actor.named_parameters() if p.requires_grad}
+    critic0 = {n: p.detach().clone() for n, p in trainer.critic.named_parameters() if p.requires_grad}
+    torch.manual_seed(0)
+    trainer.step()
+    actor = dict(trainer.actor.named_parameters())
+    critic = dict(trainer.critic.named_parameters())
+    assert all(torch.equal(actor[n], v) for n, v in actor0.items())
+    assert any(not torch.equal(critic[n], v) for n, v in critic0.items())
+    trainer.step()  # warm-up over: the actor moves too
+    assert any(not torch.equal(actor[n], v) for n, v in actor0.items())
+
+
+def test_value_copy_rollouts_score_the_constrained_policy(tiny_policy, tiny_tokenizer, spider_rows, judge):
+    trainer = make_trainer(tiny_policy, tiny_tokenizer, spider_rows, judge, copy_values=True)
+    torch.manual_seed(0)
+    ro = trainer.rollout(trainer.batch_for_step(0))
+    assert ro.constraints is not None
+    assert bool((ro.constraints.positions < ro.mask.shape[1]).all())
+    torch.testing.assert_close(ro.old_logprobs, ro.ref_logprobs)
+    assert torch.isfinite(ro.old_logprobs).all()
+    stats = trainer.train_on(ro)
+    assert all(math.isfinite(v) for v in stats.values())

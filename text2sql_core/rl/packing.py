@@ -19,11 +19,14 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .ppo_math import entropy_from_logits, logprobs_from_logits
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .constrained import TokenConstraints
 
 __all__ = ["PackedGroup", "head_outputs", "pack_rows", "response_logprobs"]
 
@@ -122,12 +125,14 @@ def _scatter(parts: list[torch.Tensor], groups: list[PackedGroup]) -> torch.Tens
     return torch.cat(parts, dim=0).index_select(0, inverse)
 
 
-def response_logprobs(model: Any, groups: list[PackedGroup], temperature: float = 1.0, with_entropy: bool = False
-                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+def response_logprobs(model: Any, groups: list[PackedGroup], temperature: float = 1.0, with_entropy: bool = False,
+                      constraints: TokenConstraints | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log pi(response token i | prompt, tokens < i) for every row: ``(B, N)``; entropy too if asked.
 
     Logits are divided by the sampling temperature, so the ratio in the PPO loss compares the
     distribution the tokens were really drawn from. The LM head runs on the response columns only.
+    ``constraints`` (where sampling masked tokens) renormalises those positions over the allowed
+    tokens, for the same reason.
     """
     logps, ents = [], []
     for g in groups:
@@ -136,6 +141,8 @@ def response_logprobs(model: Any, groups: list[PackedGroup], temperature: float 
         logits = model(input_ids=g.input_ids, attention_mask=g.attention_mask, position_ids=g.position_ids,
                        logits_to_keep=n + 1, **extra).logits
         logits = logits[:, :-1].float() / temperature
+        if constraints is not None:
+            logits = constraints.select(g.rows).apply(logits)
         logps.append(logprobs_from_logits(logits, g.input_ids[:, g.prompt_width:]))
         if with_entropy:
             ents.append(entropy_from_logits(logits))

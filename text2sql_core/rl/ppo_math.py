@@ -84,7 +84,8 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """Entropy of the categorical distribution at each position, ``(B, T, V) -> (B, T)``."""
     logits = logits.float()
     logp = F.log_softmax(logits, dim=-1)
-    return -(logp.exp() * logp).sum(-1)
+    # a masked token (logit -inf) has p = 0 and adds nothing (not 0 * -inf = nan)
+    return -(logp.exp() * logp.clamp_min(torch.finfo(logp.dtype).min)).sum(-1)
 
 
 def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: KLKind = "k1") -> torch.Tensor:

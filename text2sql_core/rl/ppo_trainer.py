@@ -46,6 +46,7 @@ from .rewards import ExecutionJudge, ExecutionRewards, Verdict, combine_rewards
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..stages.ppo import PPOConfig
+    from .constrained import TokenConstraints
 
 __all__ = [
     "PPOTrainer",
@@ -77,23 +78,46 @@ def response_mask(responses: torch.Tensor, eos_token_id: int) -> torch.Tensor:
 
 @torch.no_grad()
 def sample_responses(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, max_new_tokens: int,
-                     temperature: float = 1.0, top_p: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sampled responses ``(B, N)`` (padded after the first EOS) and their mask, as token ids.
+                     temperature: float = 1.0, top_p: float = 1.0, copy_from: Sequence[str] | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor, TokenConstraints | None]:
+    """Sampled responses ``(B, N)`` (padded after the first EOS), their mask, and where sampling was constrained.
 
     Rollouts need the exact tokens sampled (their log-probabilities are the PPO actions), so this
     stops at EOS only; the SQL that is executed is cut at the end of its first statement by
-    :func:`~text2sql_core.models.generation.clean_sql`, as in prediction.
+    :func:`~text2sql_core.models.generation.clean_sql`, as in prediction. ``copy_from`` (one prompt
+    per row) samples under predict's value-copy constraint, so the policy explores the answers it
+    can give when it is deployed with ``predict.copy_values``; the positions it constrained come back
+    (:class:`~text2sql_core.rl.constrained.TokenConstraints`), so that scoring renormalises the same way.
     """
+    kwargs: dict[str, Any] = {}
+    recorder = None
+    if copy_from is not None:
+        from ..models.value_copy import ValueCopyConstraint
+        from .constrained import RecordingProcessor
+
+        recorder = RecordingProcessor(ValueCopyConstraint(tokenizer, list(copy_from), prompt_ids.shape[1]),
+                                      prompt_ids.shape[1])
+        kwargs["logits_processor"] = [recorder]
     out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=True, temperature=temperature,
                          top_p=top_p, top_k=0, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                         eos_token_id=tokenizer.eos_token_id)
+                         eos_token_id=tokenizer.eos_token_id, **kwargs)
     responses = out[:, prompt_ids.shape[1]:]
     if responses.shape[1] == 0:  # max_new_tokens reached at once cannot happen, but stay total
         responses = torch.full((out.shape[0], 1), tokenizer.eos_token_id, dtype=torch.long)
     mask = response_mask(responses, tokenizer.eos_token_id)
     responses = torch.where(mask.bool(), responses, torch.full_like(responses, tokenizer.pad_token_id))
     keep = int(mask.sum(1).max().item())
-    return responses[:, :keep], mask[:, :keep]
+    responses, mask = responses[:, :keep], mask[:, :keep]
+    constraints = None
+    if recorder is not None:
+        constraints = recorder.constraints(_vocab_width(model, tokenizer)).truncate(keep, mask)
+    return responses, mask, constraints
+
+
+def _vocab_width(model, tokenizer) -> int:
+    """Width of the model's logits (its embedding rows, which may exceed the tokenizer's vocabulary)."""
+    embeddings = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return int(embeddings.weight.shape[0]) if embeddings is not None else len(tokenizer)
 
 
 def decode_responses(tokenizer, responses: torch.Tensor, mask: torch.Tensor) -> list[str]:
@@ -130,6 +154,7 @@ class Rollout:
     advantages: torch.Tensor
     returns: torch.Tensor
     stats: dict[str, float] = field(default_factory=dict)
+    constraints: TokenConstraints | None = None  # where sampling was constrained (``copy_values``)
 
 
 class PPOTrainer:
@@ -260,18 +285,19 @@ class PPOTrainer:
         tok = self.tokenizer
         enc = encode_prompts(tok, [e.prompt for e in examples], cfg.max_source_length, self.device)
         with self._gathered():
-            responses, mask = sample_responses(self.actor, tok, enc["input_ids"], enc["attention_mask"],
+            responses, mask, constraints = sample_responses(self.actor, tok, enc["input_ids"], enc["attention_mask"],
                                                max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                               top_p=cfg.top_p)
+                                               top_p=cfg.top_p,
+                                               copy_from=[e.prompt for e in examples] if cfg.copy_values else None)
         prompt_tokens = [row[m.bool()].tolist() for row, m in zip(enc["input_ids"], enc["attention_mask"],
                                                                    strict=True)]
         fmask = mask.float()
         texts = decode_responses(tok, responses, mask)
         groups = self.pack(prompt_tokens, responses, mask, examples)
 
-        old_logprobs, _ = response_logprobs(self.actor, groups, cfg.temperature)
+        old_logprobs, _ = response_logprobs(self.actor, groups, cfg.temperature, constraints=constraints)
         with self.actor.disable_adapter():
-            ref_logprobs, _ = response_logprobs(self.actor, groups, cfg.temperature)
+            ref_logprobs, _ = response_logprobs(self.actor, groups, cfg.temperature, constraints=constraints)
         values = head_outputs(self.critic, groups)[:, :-1] * fmask  # V(state before response token i)
         last = last_token_index(mask)
         scores, stats = self.sequence_scores(examples, texts, groups, last)
@@ -288,7 +314,7 @@ class PPOTrainer:
             "value_mean": float(masked_mean(values, fmask)),
         })
         return Rollout(list(examples), prompt_tokens, responses, fmask, texts, old_logprobs, ref_logprobs, values,
-                       scores, rewards, kl, advantages, returns, stats)
+                       scores, rewards, kl, advantages, returns, stats, constraints)
 
     # ------------------------------------------------------------------ optimisation
 
@@ -303,18 +329,20 @@ class PPOTrainer:
             index = torch.tensor(rows, device=ro.responses.device)
             groups = self.pack([ro.prompt_tokens[i] for i in rows], ro.responses.index_select(0, index),
                                ro.mask.index_select(0, index), [ro.examples[i] for i in rows])
-            batches.append((index, groups))
+            batches.append((index, groups, ro.constraints.select(rows) if ro.constraints is not None else None))
         sums: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "entropy", "clip_fraction",
                                                          "value_clip_fraction", "approx_kl")}
         self.actor.train()
         self.critic.train()
         for _ in range(cfg.ppo_epochs):
-            for index, groups in batches:
+            for index, groups, constraints in batches:
                 m = ro.mask.index_select(0, index)
-                logprobs, entropy = response_logprobs(self.actor, groups, cfg.temperature, with_entropy=True)
+                logprobs, entropy = response_logprobs(self.actor, groups, cfg.temperature, with_entropy=True,
+                                                      constraints=constraints)
                 pl = policy_loss(logprobs, ro.old_logprobs.index_select(0, index),
                                  ro.advantages.index_select(0, index), m, cfg.clip_range)
-                self._optimise(pl.loss, self.actor_engine, self.actor_opt, self.actor_params)
+                if self.global_step >= cfg.critic_warmup_steps:
+                    self._optimise(pl.loss, self.actor_engine, self.actor_opt, self.actor_params)
 
                 values = head_outputs(self.critic, groups)[:, :-1]
                 vl = value_loss(values, ro.values.index_select(0, index), ro.returns.index_select(0, index), m,
@@ -373,7 +401,8 @@ class PPOTrainer:
             with self._gathered():
                 generations = generate_sql(self.actor, self.tokenizer, [e.prompt for e in examples],
                                            batch_size=batch_size, max_new_tokens=self.cfg.max_new_tokens,
-                                           max_source_length=self.cfg.max_source_length)
+                                           max_source_length=self.cfg.max_source_length,
+                                           copy_values=self.cfg.copy_values)
         finally:
             if swapped is not None:
                 self._restore(swapped)

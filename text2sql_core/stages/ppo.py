@@ -68,6 +68,10 @@ class PPOConfig(StageConfigBase):
     max_source_length: int = Field(1024, ge=8, description="Prompt tokens kept (the beginning is cut first).")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of the rollouts.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass of the rollouts.")
+    copy_values: bool = Field(False, description="Roll out (and evaluate) under predict's value-copy constraint: "
+                                                 "quoted values and compared numbers come from the question. Set it "
+                                                 "when predict uses `copy_values`, so PPO trains the answers the "
+                                                 "deployed policy gives.")
     train_prompts: int | None = Field(None, ge=1, description="Use only the first N training prompts (quick runs, "
                                                                  "tests); default all.")
     # Objective
@@ -79,6 +83,10 @@ class PPOConfig(StageConfigBase):
     clip_range: float = Field(0.2, gt=0, description="PPO ratio clip epsilon (policy loss).")
     clip_range_value: float = Field(0.2, gt=0, description="Value clip epsilon (value loss).")
     whiten_advantages: bool = Field(True, description="Normalise advantages over each batch's response tokens.")
+    critic_warmup_steps: int = Field(
+        0, ge=0, description="The first N PPO steps train only the critic (the actor is not updated): the critic "
+                             "starts as the reward model, whose scale is not that of the returns, and its early "
+                             "values would turn the first advantages into noise.")
     # Optimisation
     actor_learning_rate: float = Field(5e-4, gt=0, description="Learning rate of the actor adapter.")
     critic_learning_rate: float = Field(5e-4, gt=0, description="Learning rate of the critic adapter and head.")

@@ -39,6 +39,9 @@ class RMDataConfig(StageConfigBase):
                                                      "perturbations only.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature for the candidates.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass for the candidates.")
+    copy_values: bool = Field(False, description="Sample with predict's value-copy constraint (quoted values and "
+                                                 "compared numbers come from the question), so the rejected answers "
+                                                 "are the mistakes the policy still makes when it decodes that way.")
     max_new_tokens: int = Field(128, ge=1, description="Longest candidate SQL, in tokens.")
     max_source_length: int = Field(1024, ge=8, description="Prompt tokens kept (the beginning is cut first).")
     batch_size: int = Field(8, ge=1, description="Prompts sampled together (each yields num_candidates).")
@@ -115,7 +118,7 @@ def _sample_candidates(ctx: StageContext, rows: list[dict[str, Any]]) -> list[li
     generations = generate(model, tokenizer, prompts, batch_size=cfg.batch_size * k,
                            max_new_tokens=cfg.max_new_tokens, max_source_length=cfg.max_source_length,
                            do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p,
-                           progress="rm_data: sampling",
+                           copy_values=cfg.copy_values, progress="rm_data: sampling",
                            on_batch=lambda done, total: ctx.progress(step=done // k, total=total // k))
     return [[g.sql for g in generations[i * k:(i + 1) * k]] for i in range(len(rows))]
 
