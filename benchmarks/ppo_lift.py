@@ -10,7 +10,8 @@ evaluator as ``t2s pipeline run``:
 
 The lift is ``evaluate_ppo.ex - evaluate_sft.ex`` in points (official Spider EX semantics, greedy
 decoding with value copying and execution guidance, as the demo predicts), printed per seed with the
-mean and standard deviation, and written as JSON.
+mean and standard deviation, and written as JSON. Pair mining and PPO rollouts decode under the same
+value-copy constraint as prediction.
 
     python benchmarks/ppo_lift.py [--seeds 0 1 2] [--ppo-steps 60] [--reward-mode execution]
 
@@ -47,11 +48,14 @@ def base_config(args: argparse.Namespace, data: Path, root: Path, run_id: str, s
         "stages": {
             "sft": {"max_steps": args.sft_steps, "batch_size": 32, "learning_rate": 3e-3, "save_steps": 1000},
             "predict": {"batch_size": 64, "max_new_tokens": 96, "copy_values": True, "execution_guided": 4},
-            "rm_data": {"limit": args.rm_prompts, "num_candidates": 4, "max_new_tokens": 64, "batch_size": 16},
+            "rm_data": {"limit": args.rm_prompts, "num_candidates": 4, "max_new_tokens": 64, "batch_size": 16,
+                        "copy_values": True},
             "rm": {"max_steps": args.rm_steps, "batch_size": 16, "learning_rate": 2e-3, "save_steps": 1000},
-            "ppo": {"max_steps": args.ppo_steps, "batch_size": args.batch_size, "max_new_tokens": 64,
+            "ppo": {"max_steps": args.ppo_steps, "batch_size": args.batch_size,
+                    "mini_batch_size": args.mini_batch_size, "ppo_epochs": args.ppo_epochs, "max_new_tokens": 64,
                     "reward": {"mode": args.reward_mode}, "kl_coef": args.kl_coef, "lam": args.lam,
-                    "actor_learning_rate": args.actor_lr, "eval_train_prompts": 64, "save_steps": 1000},
+                    "actor_learning_rate": args.actor_lr, "critic_warmup_steps": args.critic_warmup,
+                    "copy_values": True, "eval_train_prompts": 128, "save_steps": 1000},
         },
     })
 
@@ -79,6 +83,9 @@ def main() -> None:
     parser.add_argument("--ppo-steps", type=int, default=60, help="PPO steps per seed")
     parser.add_argument("--lam", type=float, default=1.0, help="lambda of GAE")
     parser.add_argument("--batch-size", type=int, default=16, help="prompts per PPO step")
+    parser.add_argument("--mini-batch-size", type=int, default=None, help="experiences per optimisation step")
+    parser.add_argument("--ppo-epochs", type=int, default=1, help="passes over each rollout batch")
+    parser.add_argument("--critic-warmup", type=int, default=5, help="PPO steps that train only the critic")
     parser.add_argument("--reward-mode", choices=("rm", "execution", "hybrid"), default="execution")
     parser.add_argument("--kl-coef", type=float, default=0.05, help="beta of the per-token KL penalty")
     parser.add_argument("--actor-lr", type=float, default=1e-3, help="actor adapter learning rate")

@@ -37,7 +37,7 @@ def spider_sample(shared_dir: Path) -> Path:
 
 
 #: session fixtures that train tiny policies to quality targets (minutes of CPU each)
-TRAINING_FIXTURES = frozenset({"sft_trained", "sft_undertrained", "rm_run"})
+TRAINING_FIXTURES = frozenset({"sft_trained", "sft_undertrained", "rm_run", "rm_well_run"})
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -43,7 +43,7 @@ def test_pipeline_end_to_end_on_real_spider_schemas(tmp_path: Path, spider_sampl
     report = Path(r.stdout.strip().splitlines()[-1].removeprefix("report: "))
     assert report.is_file() and (report.parent / "report.png").is_file()
     text = report.read_text()
-    assert "| easy |" in text and "Pairwise accuracy" in text
+    assert "| easy |" in text and "Pairwise accuracy" in text and "By origin of the rejected answer" in text
     store = open_store(StoreConfig.model_validate({"kind": "local", "local": {"path": str(tmp_path / "store")}}))
     manifests = {s: read_manifest(store, f"runs/spider-sample/{s}") for s in step_names()}
     assert all(m is not None for m in manifests.values()), [s for s, m in manifests.items() if m is None]

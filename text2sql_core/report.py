@@ -69,6 +69,11 @@ def render_report(run_id: str, manifests: dict[str, Manifest | None], curves: di
     if rm:
         acc = rm.metrics.get("eval_accuracy", rm.metrics.get("accuracy"))
         lines.append(f"Pairwise accuracy on held-out pairs: {_fmt(acc)}.")
+        by_origin = {k.removeprefix("eval_accuracy_"): v for k, v in rm.metrics.items()
+                     if k.startswith("eval_accuracy_") and isinstance(v, int | float)}
+        if by_origin:  # the policy's own mistakes vs verified perturbations of gold
+            lines.append("By origin of the rejected answer: "
+                         + ", ".join(f"{k} {_fmt(v)}" for k, v in sorted(by_origin.items())) + ".")
     else:
         lines.append("Not run.")
     lines += ["", "## Steps", "", "| step | state | seconds | key metrics |", "| --- | --- | --- | --- |"]

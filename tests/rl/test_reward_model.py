@@ -82,3 +82,7 @@ def test_lora_reward_model_learns_a_preference(tiny_policy, tiny_tokenizer):
     after = pairwise_accuracy(rm, tiny_tokenizer, pairs, 128)
     assert after["accuracy"] == 1.0 and after["margin"] > before["margin"] + 1.0
     assert set(after) == {"accuracy", "margin", "chosen", "rejected", "pairs"}
+    tagged = [{**p, "origin": "model" if i < 2 else "perturb:flip_comparison"} for i, p in enumerate(pairs)]
+    tagged[0] = {**tagged[0], "rejected": tagged[0]["chosen"]}  # a tie counts as wrong
+    by_origin = pairwise_accuracy(rm, tiny_tokenizer, tagged, 128)["by_origin"]
+    assert by_origin == {"model": {"accuracy": 0.5, "pairs": 2}, "perturb:flip_comparison": {"accuracy": 1.0, "pairs": 4}}

@@ -17,17 +17,22 @@ from text2sql_core.errors import BadInput
 from text2sql_core.stages.base import run_step
 from text2sql_core.stages.ppo import PPOConfig, _check_deepspeed, build_deepspeed_config
 
-#: PPO with the execution reward from the under-trained policy: the settings and step budget of the test
-#: (lam 1: the advantage is the return minus the value, so a critic that starts as a weak reward model
-#: adds less noise; measured against the defaults, which moved the greedy reward by +0.016 in 100 steps)
-PPO_SETTINGS = {"max_steps": 60, "batch_size": 16, "max_new_tokens": 64, "reward": {"mode": "execution"},
-                "lam": 1.0, "actor_learning_rate": 1e-3, "eval_train_prompts": 64, "eval_dev_prompts": 100,
-                "eval_batch_size": 50, "save_steps": 100}
-#: The issue asks PPO to raise this reward clearly; on the tiny under-trained policy it does not, within
-#: this budget: greedy execution reward (match 1, wrong 0, error -0.5) on 64 training prompts went
-#: 0.023 -> 0.062 with this run seed (42), but 0.070 -> 0.047, 0.086 -> 0.023 and 0.102 -> 0.078 with PPO
-#: seeds 0, 1, 2 (benchmarks/ppo_lift.py). What is tested is that PPO does not collapse the policy.
-REWARD_DROP_ALLOWED = 0.05
+#: PPO with the execution reward from the under-trained policy: the settings and step budget of the test.
+#: Rollouts decode as predict does (values copied from the question; the constrained log-probabilities
+#: are renormalised); 64 prompts a step in 4 mini-batches of 16 (one mini-batch of 16 a step barely moved
+#: the policy: +0.016 to +0.05 in 60-200 steps); the critic (initialised from the reward model, on another
+#: scale) trains alone for the first 10 steps; lam 1: the advantage is the return minus the value.
+PPO_SETTINGS = {"max_steps": 60, "batch_size": 64, "mini_batch_size": 16, "max_new_tokens": 64,
+                "reward": {"mode": "execution"}, "lam": 1.0, "actor_learning_rate": 5e-4, "critic_warmup_steps": 10,
+                "copy_values": True, "eval_train_prompts": 128, "eval_dev_prompts": 100, "eval_batch_size": 64,
+                "save_steps": 100}
+#: "raises the mean reward clearly": the greedy execution reward (match 1, wrong 0, error -0.5) on 128
+#: training prompts must rise by at least this much. Measured with these settings (seed: before -> after):
+#: 42 (the test's): 0.383 -> 0.508; 0: 0.434 -> 0.488; 1: 0.504 -> 0.523. The sampled rollout reward, mean of
+#: the first vs the last 10 steps: +0.02, +0.10, +0.06; greedy EX on 100 held-out prompts +3, +4, +6 points.
+#: A clear gain at the fixed seed, a small one at others: PPO's 3840 samples teach a 450K-parameter policy
+#: less than the 900 SFT steps it lacks.
+REWARD_GAIN = 0.05
 #: "bounded KL": the mean summed per-sequence KL to the SFT policy over the last steps
 KL_BOUND = 5.0
 
@@ -60,13 +65,16 @@ def test_mini_batch_must_divide_the_generation_batch():
 
 
 @pytest.mark.slow
-def test_ppo_from_an_undertrained_policy_keeps_kl_bounded_and_dev_ex(rm_run, tmp_path):  # noqa: F811
+def test_ppo_from_an_undertrained_policy_raises_the_reward_with_bounded_kl(rm_run, tmp_path):  # noqa: F811
     cfg = rm_run.clone(tmp_path, stages={"ppo": PPO_SETTINGS})
     metrics = run_step(cfg, "ppo").manifest.metrics
     gain = metrics["train_reward_after"] - metrics["train_reward_before"]
     print(f"PPO greedy train reward {metrics['train_reward_before']:.3f} -> {metrics['train_reward_after']:.3f}")
-    assert gain >= -REWARD_DROP_ALLOWED, metrics
+    assert gain >= REWARD_GAIN, metrics
     assert metrics["kl_final"] <= KL_BOUND, metrics
+    # scored as the constrained policy that sampled, the KL estimate is not negative (scoring the constrained
+    # samples with unconstrained log-probabilities gave -1.4 on the same run)
+    assert metrics["kl_final"] >= -0.1, metrics
     assert metrics["dev_execution_accuracy_after"] >= metrics["dev_execution_accuracy_before"] - 0.02, metrics
 
     out = tmp_path / "store" / "runs" / cfg.run_id / "ppo"

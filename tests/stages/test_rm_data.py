@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from tests.stages.rl_runs import rm_run  # noqa: F401  (a fixture)
 from text2sql_core.errors import BadInput
 from text2sql_core.rl.rewards import ExecutionJudge
 from text2sql_core.stages.base import run_step
@@ -110,3 +111,20 @@ def test_stage_mines_pairs_from_the_undertrained_policy(sft_undertrained, tmp_pa
     assert metrics["prompts"] == 24 and 0 <= metrics["sample_accuracy"] < 1
     # the under-trained policy makes mistakes: most pairs are its own
     assert stats["origins"].get("model", 0) >= len(train + held) // 2
+
+
+@pytest.mark.slow
+def test_copy_values_samples_take_their_values_from_the_question(rm_run):  # noqa: F811
+    """With ``copy_values`` the policy's wrong answers are wrong in structure or column, not in a misspelt value."""
+    import re
+
+    from text2sql_core.models.value_copy import question_of
+
+    assert rm_run.run_config.stages["rm_data"]["copy_values"] is True
+    pairs = [json.loads(line) for name in ("train_pairs.jsonl", "eval_pairs.jsonl")
+             for line in (rm_run.step_dir("rm_data") / name).read_text().splitlines()]
+    literals = [(value, question_of(p["prompt"])) for p in pairs if p["origin"] == "model"
+                for value in re.findall(r"'([^'%]+)'", p["rejected"])]
+    assert len(literals) >= 50
+    copied = sum(value in question for value, question in literals)
+    assert copied / len(literals) >= 0.95, [v for v, q in literals if v not in q][:10]

@@ -93,7 +93,12 @@ def pairwise_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Ten
 @torch.no_grad()
 def pairwise_accuracy(model, tokenizer, pairs: Sequence[dict[str, Any]], max_length: int, batch_size: int = 32
                       ) -> dict[str, float]:
-    """Share of pairs with ``r_chosen > r_rejected`` (ties count as wrong), mean margin, mean scores."""
+    """Share of pairs with ``r_chosen > r_rejected`` (ties count as wrong), mean margin, mean scores.
+
+    Pairs that record their ``origin`` (``model``, ``perturb:<kind>``) also get the accuracy per origin
+    (``by_origin``): how the reward model does on the policy's own mistakes is the figure that matters
+    most, and the mix of origins differs from one policy to the next.
+    """
     if not pairs:
         return {"accuracy": float("nan"), "margin": float("nan"), "chosen": float("nan"),
                 "rejected": float("nan"), "pairs": 0}
@@ -103,8 +108,16 @@ def pairwise_accuracy(model, tokenizer, pairs: Sequence[dict[str, Any]], max_len
         chosen.append(rc)
         rejected.append(rr)
     rc, rr = torch.cat(chosen), torch.cat(rejected)
-    return {"accuracy": float((rc > rr).float().mean()), "margin": float((rc - rr).mean()),
-            "chosen": float(rc.mean()), "rejected": float(rr.mean()), "pairs": len(pairs)}
+    right = (rc > rr).tolist()
+    out: dict[str, Any] = {"accuracy": float((rc > rr).float().mean()), "margin": float((rc - rr).mean()),
+                           "chosen": float(rc.mean()), "rejected": float(rr.mean()), "pairs": len(pairs)}
+    origins: dict[str, list[bool]] = {}
+    for pair, ok in zip(pairs, right, strict=True):
+        if isinstance(pair.get("origin"), str):
+            origins.setdefault(pair["origin"], []).append(ok)
+    if origins:
+        out["by_origin"] = {k: {"accuracy": sum(v) / len(v), "pairs": len(v)} for k, v in sorted(origins.items())}
+    return out
 
 
 def sequence_classifier_from_policy(policy, tokenizer):

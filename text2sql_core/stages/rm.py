@@ -210,6 +210,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     if final is not None:  # no held-out pairs (rm_data.eval_fraction: 0): nothing to report
         metrics = {"eval_accuracy": final["accuracy"], "eval_margin": final["margin"], "eval_pairs": final["pairs"]}
+        for origin, got in final.get("by_origin", {}).items():  # e.g. eval_accuracy_model, ..._perturb_swap_column
+            metrics[f"eval_accuracy_{origin.replace(':', '_')}"] = got["accuracy"]
     ctx.log.info("reward model trained", **metrics)
     return {
         **metrics,
