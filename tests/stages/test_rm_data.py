@@ -120,7 +120,7 @@ def test_copy_values_samples_take_their_values_from_the_question(rm_run):  # noq
 
     from text2sql_core.models.value_copy import question_of
 
-    assert rm_run.run_config.stages["rm_data"]["copy_values"] is True
+    assert rm_run.run_config.stages.rm_data.copy_values is True
     pairs = [json.loads(line) for name in ("train_pairs.jsonl", "eval_pairs.jsonl")
              for line in (rm_run.step_dir("rm_data") / name).read_text().splitlines()]
     literals = [(value, question_of(p["prompt"])) for p in pairs if p["origin"] == "model"
