@@ -16,7 +16,7 @@ value-copy constraint as prediction.
     python benchmarks/ppo_lift.py [--seeds 0 1 2] [--ppo-steps 60] [--reward-mode execution]
 
 Everything is cached under ``--workdir``: a rerun only does what is missing (delete the directory to
-start over). On two CPU cores expect about 3 minutes for the shared steps and 2 per seed.
+start over). On two CPU cores expect about 5 minutes for the shared steps and 3 per seed.
 """
 
 from __future__ import annotations
