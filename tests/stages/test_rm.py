@@ -16,10 +16,10 @@ def test_read_pairs_names_the_bad_record(tmp_path):
     path = tmp_path / "train_pairs.jsonl"
     path.write_text('{"prompt": "p", "chosen": "SELECT 1", "rejected": "SELECT 2"}\n'
                     '{"prompt": "p", "chosen": "SELECT 1", "rejected": " "}\n')
-    with pytest.raises(BadInput, match=r"train_pairs.jsonl, record 1, field `rejected`: missing or empty"):
+    with pytest.raises(BadInput, match=r"train_pairs.jsonl, record line 2, field `rejected`: missing or empty"):
         read_pairs(path)
     path.write_text("{not json\n")
-    with pytest.raises(BadInput, match="record 0: malformed JSON"):
+    with pytest.raises(BadInput, match="record line 1: not valid JSON"):
         read_pairs(path)
     with pytest.raises(BadInput, match="missing from the rm_data step"):
         read_pairs(tmp_path / "eval_pairs.jsonl")

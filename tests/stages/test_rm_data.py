@@ -79,10 +79,13 @@ def test_read_prompts_checks_alignment_and_fields(tmp_path):
     with pytest.raises(BadInput, match="has 2 rows but train_meta.jsonl has 1"):
         read_prompts(tmp_path)
     (tmp_path / "train_meta.jsonl").write_text('{"index": 0, "db_id": "d", "query": "SELECT 1"}\n{"index": 1}\n')
-    with pytest.raises(BadInput, match=r"train_meta.jsonl, record 1, field `db_id`: missing or empty"):
+    with pytest.raises(BadInput, match=r"train_meta.jsonl, record line 2, field `db_id`: missing or empty"):
         read_prompts(tmp_path)
-    with pytest.raises(BadInput, match="dev_flat.jsonl: missing"):
+    with pytest.raises(BadInput, match="dev_flat.jsonl: missing from the prepare step"):
         read_prompts(tmp_path, "dev")
+    (tmp_path / "train_meta.jsonl").write_text('{"index": 0, "db_id": "d", "query": "SELECT 1"}\n[1]\n')
+    with pytest.raises(BadInput, match=r"train_meta.jsonl, record line 2: expected a JSON object"):
+        read_prompts(tmp_path)
 
 
 def test_config_rejects_unknown_perturbation_kinds():

@@ -285,10 +285,10 @@ class PPOTrainer:
         tok = self.tokenizer
         enc = encode_prompts(tok, [e.prompt for e in examples], cfg.max_source_length, self.device)
         with self._gathered():
-            responses, mask, constraints = sample_responses(self.actor, tok, enc["input_ids"], enc["attention_mask"],
-                                               max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                               top_p=cfg.top_p,
-                                               copy_from=[e.prompt for e in examples] if cfg.copy_values else None)
+            responses, mask, constraints = sample_responses(
+                self.actor, tok, enc["input_ids"], enc["attention_mask"], max_new_tokens=cfg.max_new_tokens,
+                temperature=cfg.temperature, top_p=cfg.top_p,
+                copy_from=[e.prompt for e in examples] if cfg.copy_values else None)
         prompt_tokens = [row[m.bool()].tolist() for row, m in zip(enc["input_ids"], enc["attention_mask"],
                                                                    strict=True)]
         fmask = mask.float()

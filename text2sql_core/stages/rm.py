@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from ..data.jsonl import read_numbered_records
 from ..errors import BadInput
 from .base import Stage, StageConfigBase, StageContext
 
@@ -60,21 +61,11 @@ STATE_FILE = "rm_state.pt"
 
 def read_pairs(path: Path) -> list[dict[str, Any]]:
     """Preference pairs from a JSONL file; every record needs non-empty ``prompt``, ``chosen``, ``rejected``."""
-    if not path.is_file():
-        raise BadInput("missing from the rm_data step's artifacts", uri=str(path))
     pairs = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise BadInput(f"malformed JSON: {exc.msg}", uri=str(path), record=i) from None
-        if not isinstance(rec, dict):
-            raise BadInput("must be a JSON object", uri=str(path), record=i)
+    for line, rec in read_numbered_records(path, missing="missing from the rm_data step's artifacts"):
         for f in PAIR_FIELDS:
             if not isinstance(rec.get(f), str) or not rec[f].strip():
-                raise BadInput("missing or empty", uri=str(path), record=i, field=f)
+                raise BadInput("missing or empty", uri=str(path), record=f"line {line}", field=f)
         pairs.append(rec)
     return pairs
 

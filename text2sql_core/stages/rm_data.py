@@ -24,6 +24,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
+from ..data.jsonl import read_numbered_records
 from ..errors import BadInput
 from ..rl.perturb import PERTURBATION_KINDS
 from .base import Stage, StageConfigBase, StageContext
@@ -73,31 +74,23 @@ def read_prompts(prepare_dir: Path, split: str = "train") -> list[dict[str, Any]
     """``{prompt, output, index, db_id, question, query}`` per example of a prepared split.
 
     ``<split>_flat.jsonl`` and ``<split>_meta.jsonl`` are aligned line by line; a mismatch is a bad
-    upstream artifact and names the file and record.
+    upstream artifact and names the file and line.
     """
     flat_path = prepare_dir / f"{split}_flat.jsonl"
     meta_path = prepare_dir / f"{split}_meta.jsonl"
-    rows = []
-    for path in (flat_path, meta_path):
-        if not path.is_file():
-            raise BadInput("missing from the prepare step's artifacts", uri=str(path))
-    flats = flat_path.read_text(encoding="utf-8").splitlines()
-    metas = meta_path.read_text(encoding="utf-8").splitlines()
+    missing = "missing from the prepare step's artifacts"
+    flats = read_numbered_records(flat_path, missing=missing)
+    metas = read_numbered_records(meta_path, missing=missing)
     if len(flats) != len(metas):
         raise BadInput(f"has {len(flats)} rows but {meta_path.name} has {len(metas)}; they must align",
                        uri=str(flat_path))
-    for i, (f_line, m_line) in enumerate(zip(flats, metas, strict=True)):
-        parsed = []
-        for line, path in ((f_line, flat_path), (m_line, meta_path)):
-            try:
-                parsed.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise BadInput(f"malformed JSON: {exc.msg}", uri=str(path), record=i) from None
-        flat, meta = parsed
-        for rec, path, fields in ((flat, flat_path, ("prompt", "output")), (meta, meta_path, ("db_id", "query"))):
+    rows = []
+    for i, ((f_line, flat), (m_line, meta)) in enumerate(zip(flats, metas, strict=True)):
+        for rec, path, line, fields in ((flat, flat_path, f_line, ("prompt", "output")),
+                                        (meta, meta_path, m_line, ("db_id", "query"))):
             for f in fields:
-                if not isinstance(rec, dict) or not isinstance(rec.get(f), str) or not rec[f].strip():
-                    raise BadInput("missing or empty", uri=str(path), record=i, field=f)
+                if not isinstance(rec.get(f), str) or not rec[f].strip():
+                    raise BadInput("missing or empty", uri=str(path), record=f"line {line}", field=f)
         rows.append({"prompt": flat["prompt"], "output": flat["output"], "index": meta.get("index", i),
                      "db_id": meta["db_id"], "question": meta.get("question", ""), "query": meta["query"]})
     return rows
