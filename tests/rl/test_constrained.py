@@ -76,7 +76,7 @@ def test_recorded_sampling_is_scored_as_the_constrained_policy(tiny_policy, tiny
                                eos_token_id=tok.eos_token_id)
     responses = out[:, width:]
     mask = torch.ones_like(responses)
-    c = recorder.constraints(vocab).truncate(responses.shape[1], mask)
+    c = recorder.constraints().truncate(responses.shape[1], mask)
     assert len(c) == responses.numel()  # every step of both rows was constrained
     assert not any(t in blocked for t in responses.flatten().tolist())
     assert (c.allowed.sum(1) == vocab - len(blocked)).all()

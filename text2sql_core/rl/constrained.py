@@ -74,8 +74,10 @@ class RecordingProcessor:
         self._rows: list[int] = []
         self._positions: list[int] = []
         self._allowed: list[torch.Tensor] = []
+        self._vocab_width = 0  # the logits' width, as generate passes them
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self._vocab_width = scores.shape[-1]
         finite = torch.isfinite(scores)
         scores = self.inner(input_ids, scores)
         removed = finite & ~torch.isfinite(scores)
@@ -86,9 +88,9 @@ class RecordingProcessor:
             self._allowed.append(~removed[row].cpu())
         return scores
 
-    def constraints(self, vocab_size: int) -> TokenConstraints:
+    def constraints(self) -> TokenConstraints:
         """What was recorded so far."""
         if not self._rows:
             return TokenConstraints(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long),
-                                    torch.zeros((0, vocab_size), dtype=torch.bool))
+                                    torch.zeros((0, self._vocab_width), dtype=torch.bool))
         return TokenConstraints(torch.tensor(self._rows), torch.tensor(self._positions), torch.stack(self._allowed))

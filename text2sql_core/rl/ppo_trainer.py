@@ -108,16 +108,8 @@ def sample_responses(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: to
     responses = torch.where(mask.bool(), responses, torch.full_like(responses, tokenizer.pad_token_id))
     keep = int(mask.sum(1).max().item())
     responses, mask = responses[:, :keep], mask[:, :keep]
-    constraints = None
-    if recorder is not None:
-        constraints = recorder.constraints(_vocab_width(model, tokenizer)).truncate(keep, mask)
+    constraints = recorder.constraints().truncate(keep, mask) if recorder is not None else None
     return responses, mask, constraints
-
-
-def _vocab_width(model, tokenizer) -> int:
-    """Width of the model's logits (its embedding rows, which may exceed the tokenizer's vocabulary)."""
-    embeddings = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    return int(embeddings.weight.shape[0]) if embeddings is not None else len(tokenizer)
 
 
 def decode_responses(tokenizer, responses: torch.Tensor, mask: torch.Tensor) -> list[str]:
@@ -334,14 +326,16 @@ class PPOTrainer:
                                                          "value_clip_fraction", "approx_kl")}
         self.actor.train()
         self.critic.train()
+        train_actor = self.global_step >= cfg.critic_warmup_steps  # during critic warm-up: stats only, no graph
         for _ in range(cfg.ppo_epochs):
             for index, groups, constraints in batches:
                 m = ro.mask.index_select(0, index)
-                logprobs, entropy = response_logprobs(self.actor, groups, cfg.temperature, with_entropy=True,
-                                                      constraints=constraints)
-                pl = policy_loss(logprobs, ro.old_logprobs.index_select(0, index),
-                                 ro.advantages.index_select(0, index), m, cfg.clip_range)
-                if self.global_step >= cfg.critic_warmup_steps:
+                with torch.set_grad_enabled(train_actor):
+                    logprobs, entropy = response_logprobs(self.actor, groups, cfg.temperature, with_entropy=True,
+                                                          constraints=constraints)
+                    pl = policy_loss(logprobs, ro.old_logprobs.index_select(0, index),
+                                     ro.advantages.index_select(0, index), m, cfg.clip_range)
+                if train_actor:
                     self._optimise(pl.loss, self.actor_engine, self.actor_opt, self.actor_params)
 
                 values = head_outputs(self.critic, groups)[:, :-1]

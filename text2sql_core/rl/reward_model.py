@@ -108,11 +108,11 @@ def pairwise_accuracy(model, tokenizer, pairs: Sequence[dict[str, Any]], max_len
         chosen.append(rc)
         rejected.append(rr)
     rc, rr = torch.cat(chosen), torch.cat(rejected)
-    right = (rc > rr).tolist()
-    out: dict[str, Any] = {"accuracy": float((rc > rr).float().mean()), "margin": float((rc - rr).mean()),
+    right = rc > rr
+    out: dict[str, Any] = {"accuracy": float(right.float().mean()), "margin": float((rc - rr).mean()),
                            "chosen": float(rc.mean()), "rejected": float(rr.mean()), "pairs": len(pairs)}
     origins: dict[str, list[bool]] = {}
-    for pair, ok in zip(pairs, right, strict=True):
+    for pair, ok in zip(pairs, right.tolist(), strict=True):
         if isinstance(pair.get("origin"), str):
             origins.setdefault(pair["origin"], []).append(ok)
     if origins:
