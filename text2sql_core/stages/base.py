@@ -20,8 +20,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
+from ..config_base import StageConfigBase
 from ..errors import BadInput
 from ..graph import Step, get_step
 from ..logging import bind_context, get_logger
@@ -42,12 +43,6 @@ __all__ = [
     "run_step",
     "step_prefix",
 ]
-
-
-class StageConfigBase(BaseModel):
-    """Base of every stage kind's config: unknown keys are errors, not silently ignored."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 @dataclass(frozen=True)
