@@ -139,3 +139,51 @@ def test_lora_chain_loads_merged_and_unmerged_alike(base_dir: Path, tmp_path: Pa
     assert torch.allclose(_logits(stacked, tok), expected, atol=1e-5)
     base_only = load_causal_lm(base_dir)
     assert not torch.allclose(_logits(base_only, tok), expected, atol=1e-3)  # the adapters did change it
+
+
+def test_reuploaded_base_is_refused_naming_both_digests(base_dir: Path, tmp_path: Path) -> None:
+    """Adapters trained on one upload of ``models/<name>`` never load silently onto another one."""
+    import shutil
+
+    from text2sql_core.models.loading import base_ref_for, downloaded_digest, store_base_digest
+
+    store = LocalStore(tmp_path / "store")
+    cfg = ModelConfig(path="store://models/mini")
+    publish(store, "models/mini", base_dir, run_id="upload", step="upload", kind="model", config_hash="0" * 64,
+            metrics={}, started_at=datetime.now(UTC))
+    first = resolve_base_dir(cfg, store, tmp_path / "cache")
+    ref = ModelRef(step="sft", base=base_ref_for(cfg, first), tokenizer=DirRef(step="sft", dir="model"))
+    old = store_base_digest(store, "models/mini")
+    assert ref.base.digest == old == downloaded_digest(first)
+
+    other = tmp_path / "other"
+    build_tiny(CFG.model_copy(update={"seed": 6}), TEXTS, other)
+    publish(store, "models/mini", other, run_id="upload", step="upload", kind="model", config_hash="0" * 64,
+            metrics={}, started_at=datetime.now(UTC))
+    new = store_base_digest(store, "models/mini")
+    assert new != old
+    # the download cache is keyed by digest: the stale copy is not reused
+    second = resolve_base_dir(cfg, store, tmp_path / "cache")
+    assert second != first and downloaded_digest(second) == new
+    shutil.rmtree(first)
+    with pytest.raises(BadInput, match=f"digest {old}.*digest {new}"):
+        load_from_ref(ref, lambda r: base_dir, store=store, cache_dir=tmp_path / "cache")
+    # a marker that no longer matches the manifest's file sizes is downloaded again
+    weights = next(p for p in second.iterdir() if p.suffix == ".safetensors")
+    weights.write_bytes(b"x")
+    assert resolve_base_dir(cfg, store, tmp_path / "cache") == second and weights.stat().st_size > 1
+
+
+def test_local_base_digest_follows_the_files(base_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from text2sql_core.models.loading import base_ref_for
+
+    local = tmp_path / "base"
+    shutil.copytree(base_dir, local)
+    ref = ModelRef(step="sft", base=base_ref_for(ModelConfig(path=str(local)), local),
+                   tokenizer=BaseRef(source="local", path=str(local)))
+    load_from_ref(ref, lambda r: local)
+    (local / "config.json").write_text((local / "config.json").read_text() + " ")
+    with pytest.raises(BadInput, match="base weights changed"):
+        load_from_ref(ref, lambda r: local)

@@ -12,7 +12,7 @@ and needs bitsandbytes and a CUDA GPU (:func:`.lora.require_4bit_support` says w
     {
       "format": 1,
       "step": "ppo",                                      # the step that wrote this file
-      "base": {"source": "store", "key": "models/llama-7b"},
+      "base": {"source": "store", "key": "models/llama-7b", "digest": "<sha256>"},
               # or {"source": "local", "path": "/models/llama"}
               # or {"source": "step", "step": "sft", "dir": "model"}   (full weights a step published)
       "adapters": [{"step": "sft", "dir": "adapter"},     # PEFT LoRA adapters, applied in this order;
@@ -22,6 +22,10 @@ and needs bitsandbytes and a CUDA GPU (:func:`.lora.require_4bit_support` says w
       "tokenizer": {"step": "sft", "dir": "adapter"},     # where the tokenizer files are
       "dtype": "bf16", "quantization": "none", "trust_remote_code": false
     }
+
+``base.digest`` is the content digest of the base the adapters were trained on (the manifest digest of
+``models/<name>``, or names/sizes/mtimes of a local directory); loading onto a base whose digest
+differs is ``BadInput`` naming both. Store downloads are cached under ``<cache>/<digest>``.
 
 ``dir`` values are directories relative to that step's published output in the same run
 (``runs/<run>/<step>/<dir>/``). A from-scratch ``tiny`` SFT publishes full weights in ``model/``
@@ -59,14 +63,19 @@ __all__ = [
     "BaseRef",
     "DirRef",
     "ModelRef",
+    "base_digest",
+    "base_ref_for",
     "default_device",
+    "downloaded_digest",
     "fetch_step_dir",
     "load_causal_lm",
     "load_from_ref",
     "load_policy_from_step",
     "load_tokenizer",
+    "local_base_digest",
     "read_model_ref",
     "resolve_base_dir",
+    "store_base_digest",
     "torch_dtype",
     "write_model_ref",
 ]
@@ -93,6 +102,8 @@ class BaseRef(BaseModel):
     dir: str | None = Field(None, description="source=step: their directory in that step's output.")
     key: str | None = Field(None, description="source=store: the store prefix, `models/<name>`.")
     path: str | None = Field(None, description="source=local: a local Hugging Face model directory.")
+    digest: str | None = Field(None, description="source=store/local: content digest of the base the "
+                                                 "adapters were trained on (checked when loading).")
 
     def as_dir_ref(self) -> DirRef:
         assert self.source == "step" and self.step and self.dir
@@ -188,14 +199,80 @@ def resolve_base_dir(model_cfg: ModelConfig, store: ArtifactStore | None, cache_
     return _download_store_model(store, f"models/{name}", cache_dir / name)
 
 
-def _download_store_model(store: ArtifactStore, key: str, dest: Path) -> Path:
+_DONE_MARKER = ".t2s-complete"
+
+
+def store_base_digest(store: ArtifactStore, key: str) -> str | None:
+    """Digest of the base weights under ``key``: its manifest's content digest, else names and sizes.
+
+    A plain upload without ``_manifest.json`` can only be told apart by its listing; publish one for
+    a sha256-backed digest. ``None`` when nothing is stored there.
+    """
+    from ..store.manifest import content_digest, read_manifest
+
+    manifest = read_manifest(store, key)
+    if manifest is not None:
+        return manifest.digest
+    infos = store.list(key)
+    if not infos:
+        return None
+    cut = len(key.strip("/")) + 1
+    return content_digest((i.key[cut:], i.size, None) for i in infos)
+
+
+def local_base_digest(path: Path) -> str:
+    """Digest of a local model directory from names, sizes and mtimes (hashing GBs per step is too slow)."""
+    from ..store.base import local_files
+    from ..store.manifest import content_digest
+
+    rows = []
+    for rel, file in local_files(Path(path)):
+        st = file.stat()
+        rows.append((rel, st.st_size, f"mtime:{st.st_mtime_ns}"))
+    return content_digest(rows)
+
+
+def base_digest(model_cfg: ModelConfig, store: ArtifactStore | None) -> str | None:
+    """The digest of the base ``model_cfg`` names, for config hashes; ``None`` for tiny or a missing base."""
+    if model_cfg.is_tiny:
+        return None
+    name = model_cfg.store_name
+    if name is not None:
+        return store_base_digest(store, f"models/{name}") if store is not None else None
+    path = Path(model_cfg.path).expanduser()
+    return local_base_digest(path) if path.is_dir() else None
+
+
+def downloaded_digest(base_dir: Path) -> str | None:
+    """The digest a verified store download was made from (its completion marker), else ``None``."""
+    marker = Path(base_dir) / _DONE_MARKER
+    return marker.read_text().strip() or None if marker.is_file() else None
+
+
+def base_ref_for(model_cfg: ModelConfig, base_dir: Path) -> BaseRef:
+    """The ``BaseRef`` of the base just loaded from ``base_dir``, with the digest of those very bytes."""
+    name = model_cfg.store_name
+    if name is not None:
+        return BaseRef(source="store", key=f"models/{name}", digest=downloaded_digest(base_dir))
+    path = Path(model_cfg.path).expanduser().resolve()
+    return BaseRef(source="local", path=str(path), digest=local_base_digest(path))
+
+
+def _download_store_model(store: ArtifactStore, key: str, cache_root: Path) -> Path:
+    """Verified download of ``key`` into ``cache_root/<digest>``: a re-upload never reuses a stale copy."""
     from ..store import ArtifactNotFound
     from ..store.manifest import fetch, read_manifest
 
-    done = dest / ".t2s-complete"
-    if done.is_file():
-        return dest
     manifest = read_manifest(store, key)
+    digest = manifest.digest if manifest is not None else store_base_digest(store, key)
+    if digest is None:
+        raise BadInput(f"no base weights under {key}/ in the artifact store: upload the Hugging Face model "
+                       f"directory there first", uri=store.uri_for(key), field="model.path")
+    dest = Path(cache_root) / digest[:16]
+    if downloaded_digest(dest) == digest and (manifest is None or all(
+            (dest / f.path).is_file() and (dest / f.path).stat().st_size == f.size for f in manifest.files)):
+        return dest
+    (dest / _DONE_MARKER).unlink(missing_ok=True)
     try:
         if manifest is not None:
             fetch(store, key, dest, manifest=manifest)
@@ -205,8 +282,17 @@ def _download_store_model(store: ArtifactStore, key: str, dest: Path) -> Path:
         raise BadInput(f"no base weights under {key}/ in the artifact store: upload the Hugging Face model "
                        f"directory there first", uri=store.uri_for(key), field="model.path") from None
     _check_model_dir(dest, f"{STORE_MODEL_PREFIX}{key.split('/', 1)[1]}")
-    done.write_text("ok\n")
+    (dest / _DONE_MARKER).write_text(digest + "\n")
     return dest
+
+
+def _check_base_digest(b: BaseRef, got: str | None) -> None:
+    """Adapters only make sense on the base they were trained on: a different digest is bad input."""
+    if b.digest is not None and got != b.digest:
+        where = b.key if b.source == "store" else b.path
+        raise BadInput(f"the policy was trained on base {where} with digest {b.digest}, but that base now has "
+                       f"digest {got}: the base weights changed since training; rerun the training steps "
+                       "(--force) or restore the original base", field="model.path")
 
 
 def load_tokenizer(path: Path, *, trust_remote_code: bool = False) -> Any:
@@ -289,10 +375,15 @@ def load_from_ref(ref: ModelRef, resolve: Callable[[DirRef], Path], *, store: Ar
         if b.source == "step":
             return _check_model_dir(resolve(b.as_dir_ref()), f"{b.step}/{b.dir}")
         if b.source == "local":
-            return _check_model_dir(Path(str(b.path)), "base model")
+            path = _check_model_dir(Path(str(b.path)), "base model")
+            if b.digest is not None:
+                _check_base_digest(b, local_base_digest(path))
+            return path
         if store is None or cache_dir is None:
             raise BadInput(f"base {b.key} lives in the artifact store, but no store was given")
-        return _download_store_model(store, str(b.key), cache_dir / str(b.key).split("/", 1)[-1])
+        path = _download_store_model(store, str(b.key), cache_dir / str(b.key).split("/", 1)[-1])
+        _check_base_digest(b, downloaded_digest(path))
+        return path
 
     if ref.merged and ref.adapters and ref.quantization == "none":
         path = resolve(DirRef(step=ref.step, dir="merged"))

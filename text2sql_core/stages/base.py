@@ -59,16 +59,23 @@ def step_prefix(run_id: str, step: str) -> str:
     return f"runs/{run_id}/{step}"
 
 
-def config_hash(step: Step, config: BaseModel, run_config: RunConfig, upstream: dict[str, Manifest]) -> str:
-    """Hash of everything that determines a step's output: a change anywhere upstream changes it too."""
+def config_hash(step: Step, config: BaseModel, run_config: RunConfig, upstream: dict[str, Manifest],
+                *, base_digest: str | None = None) -> str:
+    """Hash of everything that determines a step's output: a change anywhere upstream changes it too.
+
+    Inputs count by content (each upstream manifest's digest of sha256s), not only by their config
+    hash, and so do the base weights (``base_digest``): republishing other bytes under the same
+    name makes the step rerun instead of being skipped as already published.
+    """
     doc = {
         "step": step.name,
         "kind": step.kind,
         "config": config.model_dump(mode="json"),
         "model": run_config.model.model_dump(mode="json"),
+        "base_digest": base_digest,
         "data": run_config.data.model_dump(mode="json"),
         "seed": run_config.seed,
-        "upstream": {name: m.config_hash for name, m in sorted(upstream.items())},
+        "upstream": {name: [m.config_hash, m.digest] for name, m in sorted(upstream.items())},
     }
     blob = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()
@@ -210,7 +217,9 @@ def run_step(run_config: RunConfig, step_name: str, *, force: bool = False, base
                            f"_manifest.json in {store.uri}; run it first", stage=step.name)
         upstream[name] = m
 
-    digest = config_hash(step, cfg, run_config, upstream)
+    from ..models.loading import base_digest
+
+    digest = config_hash(step, cfg, run_config, upstream, base_digest=base_digest(run_config.model, store))
     prefix = step_prefix(run_config.run_id, step.name)
     existing = read_manifest(store, prefix)
     if existing is not None and existing.config_hash == digest and not force:
@@ -243,7 +252,8 @@ def run_step(run_config: RunConfig, step_name: str, *, force: bool = False, base
     metrics = {**metrics, "seconds": round(seconds, 3)}
     manifest = publish(store, prefix, output_dir, run_id=run_config.run_id, step=step.name, kind=step.kind,
                        config_hash=digest, metrics=metrics, started_at=started,
-                       extra={"inputs": {n: m.config_hash for n, m in upstream.items()}})
+                       extra={"inputs": {n: {"config_hash": m.config_hash, "digest": m.digest}
+                                      for n, m in upstream.items()}})
     log.info("step published", seconds=round(seconds, 2), files=len(manifest.files),
              **{k: v for k, v in metrics.items() if isinstance(v, int | float) and k != "seconds"})
     return StepOutcome(step.name, False, manifest, seconds)

@@ -155,7 +155,7 @@ def _example_groups(ctx: StageContext, n: int) -> list[str]:
 
 def _build_model(ctx: StageContext, pairs: list[tuple[str, str]], resume_dir: Path | None):
     """(model, tokenizer, base ref) for training, per ``ctx.run_config.model``."""
-    from ..models.loading import BaseRef, load_causal_lm, load_tokenizer, resolve_base_dir
+    from ..models.loading import base_ref_for, load_causal_lm, load_tokenizer, resolve_base_dir
     from ..models.lora import apply_lora, require_4bit_support
     from ..models.tiny import build_tiny_model
     from ..models.tokenizer import train_tokenizer
@@ -182,10 +182,7 @@ def _build_model(ctx: StageContext, pairs: list[tuple[str, str]], resume_dir: Pa
                            trust_remote_code=mcfg.trust_remote_code)
     if mcfg.uses_lora:
         model = apply_lora(model, mcfg.lora, gradient_checkpointing=cfg.gradient_checkpointing)
-    name = mcfg.store_name
-    base = (BaseRef(source="store", key=f"models/{name}") if name is not None
-            else BaseRef(source="local", path=str(Path(mcfg.path).expanduser().resolve())))
-    return model, tokenizer, base
+    return model, tokenizer, base_ref_for(mcfg, base_dir)
 
 
 def run(ctx: StageContext) -> dict[str, Any]:

@@ -8,6 +8,7 @@ checked for size and sha256 before it appears under its final local name.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import tempfile
@@ -30,8 +31,8 @@ from .base import (
     run_parallel,
 )
 
-__all__ = ["MANIFEST_NAME", "FileEntry", "Manifest", "code_version", "fetch", "file_sha256", "publish",
-           "read_manifest"]
+__all__ = ["MANIFEST_NAME", "FileEntry", "Manifest", "code_version", "content_digest", "fetch", "file_sha256",
+           "publish", "read_manifest"]
 
 MANIFEST_NAME = "_manifest.json"
 _CHUNK = 4 * 1024 * 1024
@@ -66,6 +67,17 @@ class Manifest(BaseModel):
     @property
     def total_bytes(self) -> int:
         return sum(f.size for f in self.files)
+
+    @property
+    def digest(self) -> str:
+        """sha256 of what the files hold (paths, sizes, sha256s): equal digests mean equal bytes."""
+        return content_digest((f.path, f.size, f.sha256) for f in self.files)
+
+
+def content_digest(entries: Any) -> str:
+    """Order-independent sha256 of ``(path, size, sha256-or-None)`` triples: the lineage key of a tree."""
+    rows = sorted([str(p), int(n), s] for p, n, s in entries)
+    return hashlib.sha256(json.dumps(rows, separators=(",", ":")).encode()).hexdigest()
 
 
 @lru_cache(maxsize=1)

@@ -1,0 +1,78 @@
+"""Content lineage and one runner per step, through ``run_step``."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from text2sql_core.config import RunConfig
+from text2sql_core.stages.base import Stage, run_step
+from text2sql_core.store import open_store
+from text2sql_core.store.manifest import publish
+
+
+def _registry(calls: list[str]) -> dict[str, Stage]:
+    from text2sql_core.stages.prepare import PrepareConfig
+    from text2sql_core.stages.sft import SFTConfig
+
+    def run_prepare(ctx):
+        calls.append(ctx.step.name)
+        (ctx.output_dir / "data.txt").write_text("rows\n")
+        return {}
+
+    def run_sft(ctx):
+        calls.append(ctx.step.name)
+        (ctx.output_dir / "model.txt").write_text(ctx.input("prepare").joinpath("data.txt").read_text())
+        return {}
+
+    return {"prepare": Stage("prepare", PrepareConfig, run_prepare), "sft": Stage("sft", SFTConfig, run_sft)}
+
+
+def _cfg(tmp_path: Path, **upd) -> RunConfig:
+    return RunConfig.model_validate({"run_id": "t1", "workdir": str(tmp_path / "work"),
+                                     "store": {"kind": "local", "local": {"path": str(tmp_path / "store")}}, **upd})
+
+
+def _upload(store, key: str, src: Path) -> None:
+    publish(store, key, src, run_id="upload", step="upload", kind="model", config_hash="0" * 64, metrics={},
+            started_at=datetime.now(UTC))
+
+
+def test_reuploaded_base_weights_rerun_the_step(tmp_path: Path) -> None:
+    """Same ``store://models/<name>``, other bytes: the step is not skipped as already published."""
+    calls: list[str] = []
+    reg = _registry(calls)
+    cfg = _cfg(tmp_path, model={"path": "store://models/base"})
+    store = open_store(cfg.store)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "config.json").write_text("{}")
+    (src / "model.safetensors").write_bytes(b"weights-1")
+    _upload(store, "models/base", src)
+    run_step(cfg, "prepare", registry=reg)
+    first = run_step(cfg, "sft", registry=reg)
+    assert run_step(cfg, "sft", registry=reg).skipped
+    (src / "model.safetensors").write_bytes(b"weights-2")  # same size, other content
+    _upload(store, "models/base", src)
+    again = run_step(cfg, "sft", registry=reg)
+    assert not again.skipped and again.manifest.config_hash != first.manifest.config_hash
+    assert calls == ["prepare", "sft", "sft"]
+
+
+def test_republished_upstream_with_same_config_reruns_downstream(tmp_path: Path) -> None:
+    """An upstream output replaced by other bytes (same config hash) changes the downstream hash."""
+    calls: list[str] = []
+    reg = _registry(calls)
+    cfg = _cfg(tmp_path)
+    run_step(cfg, "prepare", registry=reg)
+    run_step(cfg, "sft", registry=reg)
+    store = open_store(cfg.store)
+    from text2sql_core.store.manifest import read_manifest
+
+    m = read_manifest(store, "runs/t1/prepare")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "data.txt").write_text("other rows\n")
+    publish(store, "runs/t1/prepare", other, run_id="t1", step="prepare", kind="prepare",
+            config_hash=m.config_hash, metrics={}, started_at=datetime.now(UTC))
+    assert not run_step(cfg, "sft", registry=reg).skipped
