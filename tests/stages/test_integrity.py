@@ -76,3 +76,41 @@ def test_republished_upstream_with_same_config_reruns_downstream(tmp_path: Path)
     publish(store, "runs/t1/prepare", other, run_id="t1", step="prepare", kind="prepare",
             config_hash=m.config_hash, metrics={}, started_at=datetime.now(UTC))
     assert not run_step(cfg, "sft", registry=reg).skipped
+
+
+def test_lease_is_held_while_the_stage_runs_and_released_after(tmp_path: Path) -> None:
+    from text2sql_core.store.lease import LEASE_NAME
+
+    seen: list[bool] = []
+    reg = _registry([])
+    store = open_store(_cfg(tmp_path).store)
+    inner = reg["prepare"].run
+
+    def run_prepare(ctx):
+        seen.append(ctx.store.exists(f"runs/t1/prepare/{LEASE_NAME}"))
+        return inner(ctx)
+
+    reg["prepare"] = Stage("prepare", reg["prepare"].config_cls, run_prepare)
+    run_step(_cfg(tmp_path), "prepare", registry=reg)
+    assert seen == [True] and not store.exists(f"runs/t1/prepare/{LEASE_NAME}")
+
+
+def test_second_runner_of_a_live_step_exits_1_naming_the_holder(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import yaml
+
+    from text2sql_core.store.lease import StepLease
+
+    cfg = _cfg(tmp_path)
+    run_step(cfg, "prepare", registry=_registry([]))
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    store = open_store(cfg.store)
+    with StepLease(store, "runs/t1/sft", ttl_s=60, heartbeat_s=5, owner="pod first-runner"):
+        r = subprocess.run([sys.executable, "-m", "text2sql_core.cli", "stage", "run", "sft", "--config",
+                            str(config)], capture_output=True, text=True, timeout=300, check=False)
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert "another runner holds this step: pod first-runner" in r.stderr
+    assert store.list("runs/t1/sft") == []  # nothing published, no lease left

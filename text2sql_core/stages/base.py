@@ -3,7 +3,8 @@
 A stage reads manifested artifacts of its upstream steps and writes files into ``ctx.output_dir``.
 The runner publishes them with a manifest written last, so a step counts as done only once its
 ``_manifest.json`` exists. Re-running a step whose manifest has the same config hash is a no-op;
-training stages resume from their newest complete checkpoint.
+training stages resume from their newest complete checkpoint. One runner at a time: the step's
+lease (``store.lease``) is held from before the stage runs until after it published.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ import json
 import os
 import random
 import shutil
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +31,7 @@ from ..errors import BadInput
 from ..graph import Step, get_step
 from ..logging import bind_context, get_logger
 from ..store import ArtifactStore, open_store
+from ..store.lease import StepLease
 from ..store.manifest import Manifest, fetch, publish, read_manifest
 from .progress import ProgressReporter
 
@@ -88,7 +93,8 @@ class CheckpointStore:
     """
 
     def __init__(self, store: ArtifactStore, prefix: str, local_root: Path, *, run_id: str, step: Step,
-                 config_hash: str, keep_last: int = 2) -> None:
+                 config_hash: str, keep_last: int = 2, guard: Callable[[], None] | None = None) -> None:
+        self._guard = guard  # raises when this runner lost the step's lease: it must not publish
         self._store = store
         self._prefix = f"{prefix}/_checkpoints"
         self._local_root = local_root
@@ -112,6 +118,8 @@ class CheckpointStore:
 
     def save(self, step: int, local_dir: Path, *, metrics: dict[str, Any] | None = None) -> None:
         """Publish ``local_dir`` as the checkpoint of training step ``step``, then prune old ones."""
+        if self._guard is not None:
+            self._guard()
         started = datetime.now(UTC)
         publish(self._store, f"{self._prefix}/{step:08d}", Path(local_dir), run_id=self._run_id,
                 step=self._step.name, kind=self._step.kind, config_hash=self._hash,
@@ -191,6 +199,23 @@ def _seed_everything(seed: int) -> None:
         pass
 
 
+@contextmanager
+def _sigterm_exits() -> Iterator[None]:
+    """SIGTERM (pod deletion, the pipeline's death) unwinds like an exception: the lease is released."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _exit(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, _exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_step(run_config: RunConfig, step_name: str, *, force: bool = False, base_dir: Path | None = None,
              registry: dict[str, Stage] | None = None) -> StepOutcome:
     """Run one step of a run: check inputs, skip when already published, run the stage, publish.
@@ -227,33 +252,41 @@ def run_step(run_config: RunConfig, step_name: str, *, force: bool = False, base
                  config_hash=digest[:12])
         return StepOutcome(step.name, True, existing, 0.0)
 
-    root = Path(run_config.workdir)
-    if not root.is_absolute():
-        root = (base_dir or Path.cwd()) / root
-    workdir = root / run_config.run_id / step.name
-    output_dir = workdir / "output"
-    if output_dir.exists():
-        shutil.rmtree(output_dir)
-    output_dir.mkdir(parents=True)
-    checkpoints = CheckpointStore(store, prefix, workdir / "checkpoints", run_id=run_config.run_id,
-                                  step=step, config_hash=digest)
-    if force:
-        checkpoints.clear()
-    reporter = ProgressReporter(workdir / "progress.jsonl", log=log)
-    ctx = StageContext(run_id=run_config.run_id, step=step, config=cfg, run_config=run_config, store=store,
-                       workdir=workdir, output_dir=output_dir, checkpoints=checkpoints, upstream=upstream,
-                       log=log, reporter=reporter)
-    _seed_everything(run_config.seed)
-    started = datetime.now(UTC)
-    t0 = time.monotonic()
-    log.info("step started", kind=step.kind, config_hash=digest[:12], store=store.uri)
-    metrics = stage.run(ctx) or {}
-    seconds = time.monotonic() - t0
-    metrics = {**metrics, "seconds": round(seconds, 3)}
-    manifest = publish(store, prefix, output_dir, run_id=run_config.run_id, step=step.name, kind=step.kind,
-                       config_hash=digest, metrics=metrics, started_at=started,
-                       extra={"inputs": {n: {"config_hash": m.config_hash, "digest": m.digest}
-                                      for n, m in upstream.items()}})
+    lease = StepLease(store, prefix, ttl_s=run_config.store.lease_ttl_s,
+                      heartbeat_s=run_config.store.lease_heartbeat_s)
+    with _sigterm_exits(), lease:
+        existing = read_manifest(store, prefix)  # another runner may have published while we waited
+        if existing is not None and existing.config_hash == digest and not force:
+            log.info("step published by another runner meanwhile; skipping", config_hash=digest[:12])
+            return StepOutcome(step.name, True, existing, 0.0)
+        root = Path(run_config.workdir)
+        if not root.is_absolute():
+            root = (base_dir or Path.cwd()) / root
+        workdir = root / run_config.run_id / step.name
+        output_dir = workdir / "output"
+        if output_dir.exists():
+            shutil.rmtree(output_dir)
+        output_dir.mkdir(parents=True)
+        checkpoints = CheckpointStore(store, prefix, workdir / "checkpoints", run_id=run_config.run_id,
+                                      step=step, config_hash=digest, guard=lease.check)
+        if force:
+            checkpoints.clear()
+        reporter = ProgressReporter(workdir / "progress.jsonl", log=log)
+        ctx = StageContext(run_id=run_config.run_id, step=step, config=cfg, run_config=run_config, store=store,
+                           workdir=workdir, output_dir=output_dir, checkpoints=checkpoints, upstream=upstream,
+                           log=log, reporter=reporter)
+        _seed_everything(run_config.seed)
+        started = datetime.now(UTC)
+        t0 = time.monotonic()
+        log.info("step started", kind=step.kind, config_hash=digest[:12], store=store.uri)
+        metrics = stage.run(ctx) or {}
+        seconds = time.monotonic() - t0
+        metrics = {**metrics, "seconds": round(seconds, 3)}
+        lease.check()
+        manifest = publish(store, prefix, output_dir, run_id=run_config.run_id, step=step.name, kind=step.kind,
+                           config_hash=digest, metrics=metrics, started_at=started,
+                           extra={"inputs": {n: {"config_hash": m.config_hash, "digest": m.digest}
+                                          for n, m in upstream.items()}})
     log.info("step published", seconds=round(seconds, 2), files=len(manifest.files),
              **{k: v for k, v in metrics.items() if isinstance(v, int | float) and k != "seconds"})
     return StepOutcome(step.name, False, manifest, seconds)

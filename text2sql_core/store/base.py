@@ -154,6 +154,28 @@ class ArtifactStore(ABC):
     def get_bytes(self, key: str) -> bytes:
         """The whole content of ``key``; raises ``ArtifactNotFound`` when missing."""
 
+    #: What ``create_bytes`` guarantees against a concurrent writer of the same key (see its docstring).
+    create_guarantee: str = "none: another writer can overwrite between the check and the write"
+
+    def create_bytes(self, key: str, data: bytes) -> bool:
+        """Store ``data`` under ``key`` only when nothing is stored there; returns whether it was created.
+
+        This fallback checks then writes (a race window); backends override it with an atomic create.
+        """
+        if self.exists(key):
+            return False
+        self.put_bytes(key, data)
+        return True
+
+    def debris(self, prefix: str) -> list[str]:
+        """Leftovers of crashed writes under ``prefix`` (temp files, incomplete uploads), for clean-up."""
+        return []
+
+    def clean_debris(self, prefix: str) -> int:
+        """Remove what ``debris`` lists; returns how many were removed. Only a runner holding the
+        prefix's lease may call it, since a live writer's temp objects look the same."""
+        return 0
+
     @abstractmethod
     def exists(self, key: str) -> bool:
         """Whether an object is stored under exactly ``key``."""

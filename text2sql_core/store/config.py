@@ -124,8 +124,19 @@ class StoreConfig(BaseModel):
                                     description="Local directory store (used when kind is local).")
     s3: S3StoreConfig | None = Field(None, description="S3 store (required when kind is s3).")
 
+    # One runner per step
+    lease_ttl_s: float = Field(120.0, ge=5, le=86400,
+                               description="A step's lease (runs/<run>/<step>/_lease.json) without a heartbeat "
+                                           "for this many seconds is expired and may be taken over by another "
+                                           "runner; keep it well below the Job's retry backoff.")
+    lease_heartbeat_s: float = Field(15.0, ge=0.1, le=3600,
+                                     description="Seconds between heartbeats of a running step's lease.")
+
     @model_validator(mode="after")
     def _section_for_kind(self) -> StoreConfig:
+        if self.lease_heartbeat_s * 2 > self.lease_ttl_s:
+            raise ValueError(f"`lease_heartbeat_s` ({self.lease_heartbeat_s}) must be at most half of "
+                             f"`lease_ttl_s` ({self.lease_ttl_s}), or a live lease looks expired")
         if self.kind == "s3" and self.s3 is None:
             raise ValueError("`store.kind` is 's3' but the `store.s3` section is missing: add `store.s3` "
                              "with at least `endpoint` and `bucket`")

@@ -74,6 +74,45 @@ class LocalStore(ArtifactStore):
     def put_bytes(self, key: str, data: bytes) -> None:
         atomic_write_bytes(self._path(key), bytes(data))
 
+    create_guarantee = "atomic: a hard link of a complete temp file, which fails when the key exists"
+
+    def create_bytes(self, key: str, data: bytes) -> bool:
+        path = self._path(key)
+        fd, tmp = _tmp_in(path.parent, path.name)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(bytes(data))
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            return True
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+    def debris(self, prefix: str) -> list[str]:
+        """Temp files (``*.t2s-tmp-*``) that a killed writer left; ``list`` never shows them."""
+        prefix = normalize_prefix(prefix)
+        base = self.root / prefix if prefix else self.root
+        if not base.is_dir():
+            return []
+        found = []
+        for root, _dirs, files in os.walk(base):
+            found.extend((Path(root) / n).relative_to(self.root).as_posix() for n in files if _TMP_MARK in n)
+        return sorted(found)
+
+    def clean_debris(self, prefix: str) -> int:
+        removed = 0
+        for key in self.debris(prefix):
+            path = self.root / key
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            removed += 1
+            self._prune_empty_dirs(path.parent)
+        return removed
+
     def get_bytes(self, key: str) -> bytes:
         path = self._path(key)
         try:

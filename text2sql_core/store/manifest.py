@@ -30,6 +30,7 @@ from .base import (
     normalize_prefix,
     run_parallel,
 )
+from .lease import LEASE_NAME
 
 __all__ = ["MANIFEST_NAME", "FileEntry", "Manifest", "code_version", "content_digest", "fetch", "file_sha256",
            "publish", "read_manifest"]
@@ -149,7 +150,8 @@ def _stale_keys(store: ArtifactStore, prefix: str, new_rel: set[str]) -> list[st
     nested = {rel.rsplit("/", 1)[0] + "/" for rel in rels
               if "/" in rel and rel.rsplit("/", 1)[1] == MANIFEST_NAME}
     return [join_key(prefix, rel) for rel in rels
-            if rel not in new_rel and rel != MANIFEST_NAME and not any(rel.startswith(n) for n in nested)]
+            if rel not in new_rel and rel not in (MANIFEST_NAME, LEASE_NAME)
+            and not any(rel.startswith(n) for n in nested)]
 
 
 def publish(store: ArtifactStore, prefix: str, local_dir: Path, *, run_id: str, step: str, kind: str,
@@ -158,7 +160,7 @@ def publish(store: ArtifactStore, prefix: str, local_dir: Path, *, run_id: str, 
     """Publish every file under ``local_dir`` to ``prefix`` and write ``prefix/_manifest.json`` last.
 
     Order matters for crash safety: the old manifest goes first (so it can never describe new
-    files), then objects the new output no longer has, then the uploads, a size check of what the
+    files), then the debris of killed attempts and objects the new output no longer has, then the uploads, a size check of what the
     store now holds, and finally the new manifest.
     """
     prefix = normalize_prefix(prefix)
@@ -175,6 +177,7 @@ def publish(store: ArtifactStore, prefix: str, local_dir: Path, *, run_id: str, 
                for (rel, _), (size, sha) in zip(files, hashes, strict=True)]
 
     store.delete(_manifest_key(prefix))
+    store.clean_debris(prefix)  # temp files and incomplete uploads of earlier, killed attempts
     stale = _stale_keys(store, prefix, {e.path for e in entries})
     store.delete_keys(stale, workers=workers)
     store.put_files([(path, join_key(prefix, rel)) for rel, path in files], workers=workers)

@@ -302,6 +302,66 @@ class S3Store(ArtifactStore):
             self._client.put_object(self.bucket, obj, io.BytesIO(data), len(data),
                                     part_size=self._part_size(len(data)))
 
+    create_guarantee = ("conditional: PUT with `If-None-Match: *`, which the server refuses when the key exists "
+                        "(AWS S3, MinIO, recent SeaweedFS/Ceph); a server that ignores the header overwrites, "
+                        "so the lease also re-reads its token at every heartbeat")
+
+    def create_bytes(self, key: str, data: bytes) -> bool:
+        obj = self._obj(key)
+        self._ensure_bucket()
+        data = bytes(data)
+        try:
+            with self._errors("create", key):
+                # minio's public put_object cannot send conditional headers; this is its single-PUT call
+                self._client._put_object(self.bucket, obj, data,
+                                         headers={"If-None-Match": "*", "Content-Type": "application/json"})
+        except T2SError as err:
+            cause = err.__cause__
+            if isinstance(cause, S3Error) and (cause.code in ("PreconditionFailed", "ConditionalRequestConflict")
+                                               or (cause.response is not None
+                                                   and cause.response.status in (409, 412))):
+                return False
+            raise
+        return True
+
+    def _incomplete_uploads(self, prefix: str) -> list[tuple[str, str]]:
+        """(object name, upload id) of every multipart upload under ``prefix`` never completed or aborted."""
+        obj_prefix = self._obj_prefix(prefix)
+        self._ensure_bucket()
+        found: list[tuple[str, str]] = []
+        marker: str | None = None
+        with self._errors("list incomplete uploads", normalize_prefix(prefix)):
+            while True:
+                page = self._client._list_multipart_uploads(self.bucket, prefix=obj_prefix or None,
+                                                            key_marker=marker)
+                found.extend((u.object_name, u.upload_id) for u in page.uploads if u.upload_id)
+                if not page.is_truncated or not page.next_key_marker or page.next_key_marker == marker:
+                    break
+                marker = page.next_key_marker
+        return found
+
+    def debris(self, prefix: str) -> list[str]:
+        """Incomplete multipart uploads: invisible to ``list`` but billed (and kept) by the server."""
+        return sorted(f"{self._key(name)} (upload {upload_id})" for name, upload_id in self._incomplete_uploads(prefix))
+
+    def clean_debris(self, prefix: str) -> int:
+        removed = 0
+        try:
+            uploads = self._incomplete_uploads(prefix)
+        except BadInput as err:  # no s3:ListBucketMultipartUploads: publishing must not depend on it
+            from ..logging import get_logger
+
+            get_logger().warning("cannot list incomplete uploads; not cleaning them", error=str(err))
+            return 0
+        for name, upload_id in uploads:
+            try:
+                with self._errors("abort an incomplete upload", self._key(name)):
+                    self._client._abort_multipart_upload(self.bucket, name, upload_id)
+            except ArtifactNotFound:  # NoSuchUpload: completed or aborted meanwhile
+                continue
+            removed += 1
+        return removed
+
     def get_bytes(self, key: str) -> bytes:
         obj = self._obj(key)
         self._ensure_bucket()
