@@ -14,7 +14,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .data.config import DataConfig
@@ -116,14 +115,25 @@ def load_run_config(path: str | Path | None) -> RunConfig:
     """Load and validate a run config; ``None`` gives the defaults. Errors name the file and fields."""
     if path is None:
         return RunConfig()
+    from .config_base import value_problems
+    from .yamlio import load_yaml_file
+
     p = Path(path)
     if not p.is_file():
         raise BadInput("run config file not found", uri=str(p))
-    try:
-        doc = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise BadInput(f"not valid YAML: {exc}", uri=str(p)) from None
-    return parse_run_config(doc, source=str(p))
+    doc = load_yaml_file(p)  # UTF-8 only, duplicate keys refused
+    problems = value_problems(RunConfig, doc)  # no bool for int, finite and sane numbers, no empty paths
+    if not problems:
+        return parse_run_config(doc, source=str(p))
+    try:  # report the schema's own errors too, once per field
+        parse_run_config(doc, source=str(p))
+    except BadInput as exc:
+        lines = exc.message.splitlines()
+        if len(lines) == 1:
+            raise
+        flagged = {line.split(": ", 1)[0] for line in problems}
+        problems += [line.strip() for line in lines[1:] if line.strip().split(": ", 1)[0] not in flagged]
+    raise BadInput(f"{len(problems)} error(s):\n  " + "\n  ".join(problems), uri=str(p))
 
 
 def run_config_schema() -> dict[str, Any]:
