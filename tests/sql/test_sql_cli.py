@@ -14,7 +14,6 @@ import pytest
 
 from text2sql_core.cli import build_parser, main
 from text2sql_core.cli.sql import format_table
-from text2sql_core.errors import BadInput
 
 
 @pytest.fixture
@@ -76,24 +75,27 @@ def _run_handler(argv: list[str]) -> int:
     (["--row-cap", "2", "SELECT * FROM singer"], "row_limit"),
     (["SELECT abs(-9223372036854775807 - 1)"], "runtime"),
 ])
-def test_sql_errors_are_bad_input_naming_the_kind(db, args, kind):
+def test_sql_errors_are_bad_input_naming_the_kind(db, args, kind, capsys):
     before = hashlib.sha256(db.read_bytes()).hexdigest()
-    with pytest.raises(BadInput, match=f"SQL {kind} error") as info:
-        _run_handler(["sql", "--db", str(db), *args])
-    assert info.value.exit_code == 2 and str(db) in str(info.value)
-    assert "\n" not in str(info.value)
+    assert _run_handler(["sql", "--db", str(db), *args]) == 2
+    err = capsys.readouterr().err
+    assert f"SQL {kind} error" in err and str(db) in err
+    assert err.count("\n") == 1
     assert hashlib.sha256(db.read_bytes()).hexdigest() == before
 
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--db", "{missing}", "SELECT 1"], "database file not found"),
-    (["--db", "{db}", "--timeout", "0", "SELECT 1"], "--timeout must be > 0"),
+    (["--db", "{db}", "--timeout", "0", "SELECT 1"], "--timeout must be a number of seconds in (0, 86400]"),
+    (["--db", "{db}", "--timeout", "inf", "SELECT 1"], "got inf"),
+    (["--db", "{db}", "--timeout", "nan", "SELECT 1"], "got nan"),
     (["--db", "{db}", "--row-cap", "-1", "SELECT 1"], "--row-cap must be >= 0"),
 ])
-def test_bad_input(db, tmp_path, args, message):
+def test_bad_input(db, tmp_path, args, message, capsys):
     argv = [a.format(db=db, missing=tmp_path / "missing.sqlite") for a in args]
-    with pytest.raises(BadInput, match=message):
-        _run_handler(["sql", *argv])
+    assert _run_handler(["sql", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
 
 
 def test_console_process_exit_codes(db, tmp_path, repo_root):
@@ -108,6 +110,8 @@ def test_console_process_exit_codes(db, tmp_path, repo_root):
     denied = t2s("--db", str(db), "DELETE FROM singer")
     assert denied.returncode == 2
     assert "t2s: error:" in denied.stderr and "SQL denied error" in denied.stderr
+    assert denied.stderr.count("\n") == 1, denied.stderr  # one line off a terminal too
     assert denied.stdout == ""
     missing = t2s("--db", str(tmp_path / "missing.sqlite"), "SELECT 1")
     assert missing.returncode == 2 and "database file not found" in missing.stderr
+    assert missing.stderr.count("\n") == 1, missing.stderr

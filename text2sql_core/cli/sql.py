@@ -11,9 +11,10 @@ import json
 import math
 import sys
 
-from ..errors import EXIT_OK, BadInput
+from ..errors import EXIT_BAD_INPUT, EXIT_OK, BadInput
 
 _MAX_CELL = 60  # characters per cell in the table view; --json prints values whole
+_MAX_TIMEOUT_S = 86400.0  # a day; larger values overflow the OS's timers
 
 
 def _cell(value: object) -> str:
@@ -52,10 +53,20 @@ def _json_value(value: object) -> object:
 
 
 def handler(args: argparse.Namespace) -> int:
+    """Run the query; every error is one line on stderr and exit 2 (no log line beside it, as the README says)."""
+    try:
+        return _query(args)
+    except BadInput as exc:
+        print(f"t2s: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def _query(args: argparse.Namespace) -> int:
     from ..sql.sandbox import SandboxPool, resolve_db
 
-    if not args.timeout > 0:
-        raise BadInput(f"--timeout must be > 0 seconds, got {args.timeout}", field="--timeout")
+    if not (math.isfinite(args.timeout) and 0 < args.timeout <= _MAX_TIMEOUT_S):
+        raise BadInput(f"--timeout must be a number of seconds in (0, {_MAX_TIMEOUT_S:g}], got {args.timeout}",
+                       field="--timeout")
     if args.row_cap < 0:
         raise BadInput(f"--row-cap must be >= 0, got {args.row_cap}", field="--row-cap")
     db = resolve_db(args.db)
@@ -64,7 +75,9 @@ def handler(args: argparse.Namespace) -> int:
     with SandboxPool(processes=1) as pool:
         (result,) = pool.run([(db, args.sql)], timeout_s=args.timeout, row_cap=args.row_cap)
     if not result.ok:
-        raise BadInput(f"SQL {result.error_kind.value} error: {result.error}", uri=args.db)
+        # One line, as the README promises: the SQL's problem is the answer, not a failure to log.
+        print(f"t2s: error: {args.db}: SQL {result.error_kind.value} error: {result.error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     if args.json:
         doc = {"columns": list(result.columns), "rows": [[_json_value(v) for v in row] for row in result.rows],
                "row_count": len(result.rows), "elapsed_s": round(result.elapsed_s, 6)}

@@ -12,8 +12,9 @@ Evaluation, reward and pair mining all execute SQL the model wrote, so every que
   watchdog that kills a worker stuck in one long C-level step (which the progress handler cannot
   interrupt) and replaces it;
 - a row cap (fetching stops at ``row_cap + 1`` rows), a 1 MiB limit per string or blob, a 128 MiB budget
-  for a result's text and blobs and, in pool workers, a SQLite heap limit, so a runaway cartesian product
-  cannot eat the machine;
+  for a result's Python size (every value counted, numbers too, checked per row before the row is kept)
+  and, in pool workers, a 256 MiB SQLite heap limit and an address-space cap (``RLIMIT_AS``) over both,
+  so a runaway cartesian product cannot eat the machine: a worker's peak RSS stays under 512 MiB;
 - TEXT holding invalid UTF-8 (some Spider databases do) is decoded with bad bytes dropped, as the
   official Spider evaluator does, instead of failing.
 
@@ -170,19 +171,21 @@ def resolve_db(db_path: str | Path) -> str:
 class _Guard:
     """Per-thread state shared by the authorizer, progress handler and trace callback of its connections."""
 
-    __slots__ = ("deadline", "denied", "started", "timed_out")
+    __slots__ = ("deadline", "denied", "selecting", "started", "timed_out")
 
     def __init__(self) -> None:
         self.deadline = 0.0
         self.timed_out = False
         self.denied: str | None = None
         self.started = False
+        self.selecting = False
 
     def reset(self, deadline: float) -> None:
         self.deadline = deadline
         self.timed_out = False
         self.denied = None
         self.started = False
+        self.selecting = False
 
     def progress(self) -> int:
         if time.monotonic() > self.deadline:
@@ -196,6 +199,8 @@ class _Guard:
 
     def authorize(self, action: int, arg1, arg2, _db, _trigger) -> int:
         if action in (sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_RECURSIVE):
+            if action == sqlite3.SQLITE_SELECT:
+                self.selecting = True
             return sqlite3.SQLITE_OK
         if action == sqlite3.SQLITE_FUNCTION:
             if (arg2 or "").lower() not in _DENIED_FUNCTIONS:
@@ -206,6 +211,11 @@ class _Guard:
             if name in _PRAGMAS_WITH_NAME or (name in _PRAGMAS_READ_ONLY and arg2 is None):
                 return sqlite3.SQLITE_OK
             reason = f"PRAGMA {arg1}{'' if arg2 is None else f'={arg2}'} is not allowed (read-only sandbox)"
+        elif action == sqlite3.SQLITE_UPDATE and arg1 in _SCHEMA_TABLES and self.selecting:
+            # A table-valued function (json_each, pragma_table_info) registers its eponymous virtual table
+            # with UPDATE checks on the schema table inside a SELECT; nothing is written (immutable,
+            # query_only), and real schema changes are refused by their own actions (CREATE, DROP, ALTER).
+            return sqlite3.SQLITE_OK
         else:
             what = _ACTION_NAMES.get(action, f"action {action}")
             if arg1 in _SCHEMA_TABLES:
@@ -295,25 +305,33 @@ def _strip_trailing(sql: str) -> str:
     return text
 
 
+def _row_bytes(row: tuple, _sizeof=sys.getsizeof) -> int:
+    """What a fetched row costs in Python memory: the tuple and every value (ints and floats included)."""
+    return _sizeof(row) + sum(map(_sizeof, row))
+
+
 def _fetch(conn: sqlite3.Connection, text: str, row_cap: int) -> tuple[tuple[str, ...], list[tuple]] | str:
-    """Rows and column names, or the reason the result is refused (row cap, byte budget). Raises sqlite errors."""
+    """Rows and column names, or the reason the result is refused (row cap, memory budget). Raises sqlite errors.
+
+    Each row's Python size is counted as it is fetched and checked before the row is kept, so the
+    budget holds for every result type: 2000 numeric columns cost as much as their text would.
+    """
     cursor = conn.execute(text)
     try:
         if cursor.description is None:
             # Comments only, or a statement without a result (every such statement is denied today).
             return "statement returns no result set (expected a query)"
         columns = tuple(d[0] for d in cursor.description)
-        # Batches small enough that one batch of maximal values stays within the byte budget.
-        batch = max(1, _MAX_RESULT_BYTES // (len(columns) * _MAX_VALUE_BYTES))
         rows: list[tuple] = []
         size = 0
-        while chunk := cursor.fetchmany(min(batch, row_cap + 1 - len(rows))):
-            rows += chunk
-            if len(rows) > row_cap:
-                return f"result has more than {row_cap} rows (row cap)"
-            size += sum(len(v) for row in chunk for v in row if v.__class__ is str or v.__class__ is bytes)
+        for row in cursor:
+            size += _row_bytes(row)
             if size > _MAX_RESULT_BYTES:
-                return f"result holds more than {_MAX_RESULT_BYTES // 2**20} MiB of text and blobs"
+                return (f"result needs more than {_MAX_RESULT_BYTES // 2**20} MiB of memory "
+                        f"(at row {len(rows) + 1}, {len(columns)} columns)")
+            if len(rows) == row_cap:
+                return f"result has more than {row_cap} rows (row cap)"
+            rows.append(row)
         return columns, rows
     finally:
         cursor.close()
@@ -347,6 +365,10 @@ def _run(conns: _Connections, db: str, sql: str, timeout_s: float, row_cap: int)
             finally:
                 conn.text_factory = str
         if isinstance(fetched, str):
+            if fetched.startswith("statement returns") and guard.started:
+                # it ran (REINDEX, ANALYZE without a name...): a statement, just not a query
+                return _failure(ErrorKind.DENIED, "not authorized: only queries are allowed (the statement "
+                                "returns no rows)", started)
             kind = ErrorKind.SYNTAX if fetched.startswith("statement returns") else ErrorKind.ROW_LIMIT
             return _failure(kind, fetched, started)
         columns, rows = fetched
@@ -423,6 +445,27 @@ def _worker_entry() -> None:
     _worker_loop(Connection(fd), memory_limit_mb, cache_size)
 
 
+def _cap_address_space(memory_limit_mb: int) -> None:
+    """Bound the whole worker, Python objects included: what SQLite's heap limit cannot see.
+
+    The cap is the address space in use now plus the SQLite heap, twice the result budget (the rows
+    and their pickle) and some slack; past it, allocations fail with ``MemoryError`` (a ``runtime``
+    "out of memory" result) instead of the machine swapping.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import resource
+
+    with open("/proc/self/statm") as fh:
+        in_use = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    cap = in_use + memory_limit_mb * 2**20 + 2 * _MAX_RESULT_BYTES + 64 * 2**20
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        cap = min(cap, hard)
+    if soft == resource.RLIM_INFINITY or soft > cap:
+        resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+
+
 def _worker_loop(conn, memory_limit_mb: int, cache_size: int) -> None:
     """Run chunks of jobs, sending one result per job as soon as it is done, until told to stop."""
     if memory_limit_mb > 0:
@@ -430,6 +473,7 @@ def _worker_loop(conn, memory_limit_mb: int, cache_size: int) -> None:
         limiter = sqlite3.connect(":memory:")
         limiter.execute(f"PRAGMA hard_heap_limit={memory_limit_mb * 1024 * 1024}")
         limiter.close()
+        _cap_address_space(memory_limit_mb)
     conns = _Connections(cache_size)
     conn.send(("ready", os.getpid()))
     while True:
@@ -447,7 +491,11 @@ def _worker_loop(conn, memory_limit_mb: int, cache_size: int) -> None:
             except Exception as exc:  # noqa: BLE001 - a bug here must not kill the worker and its chunk
                 result = SQLResult(None, None, ErrorKind.RUNTIME, f"sandbox error: {type(exc).__name__}: {exc}",
                                    0.0)
-            conn.send((index, result))
+            try:
+                conn.send((index, result))
+            except MemoryError:  # the pickle of a result near the budget did not fit under the cap
+                conn.send((index, SQLResult(None, None, ErrorKind.ROW_LIMIT,
+                                            "result too large to return within the worker's memory cap", 0.0)))
 
 
 class _Worker:
@@ -473,7 +521,7 @@ class SandboxPool:
     """
 
     def __init__(self, processes: int | None = None, *, grace_s: float = 1.0,
-                 memory_limit_mb: int | None = 1024, connection_cache: int = 64,
+                 memory_limit_mb: int | None = 256, connection_cache: int = 64,
                  startup_timeout_s: float = 60.0) -> None:
         self.processes = max(1, processes or os.cpu_count() or 1)
         self.grace_s = grace_s
