@@ -89,11 +89,15 @@ class S3StoreConfig(BaseModel):
     @classmethod
     def _endpoint_is_host_port(cls, v: str) -> str:
         v = v.strip()
+        if "@" in v:  # user:secret@host: say what is wrong, never repeat the value (it holds the secret)
+            raise ValueError("`endpoint` has a user part (user[:secret]@host; the value is not shown): "
+                             "credentials never go in the endpoint; give host[:port] and provide the keys "
+                             "through `access_key_env`/`secret_key_env` or `credentials_dir`")
         if "://" in v:
             raise ValueError(f"`endpoint` is host[:port] without a scheme (got {v!r}); use `secure: true` "
                              "for https and `secure: false` for http")
-        if not v or "/" in v or "@" in v:
-            raise ValueError(f"`endpoint` must be host[:port] with no path or user part (got {v!r})")
+        if not v or "/" in v:
+            raise ValueError(f"`endpoint` must be host[:port] with no path (got {v!r})")
         return v
 
     @field_validator("bucket")

@@ -196,6 +196,7 @@ Checks over the whole values that the schema cannot express; rendered (as nothin
 template so they run once per render.
 */}}
 {{- define "text2sql-rlhf.validate" -}}
+{{- include "text2sql-rlhf.validateSecrets" . }}
 {{- $workdir := toString (.Values.runConfig.workdir | default "") }}
 {{- if not (hasPrefix "/" $workdir) }}
 {{- fail (printf "runConfig.workdir must be an absolute path (an emptyDir is mounted there), got %q" $workdir) }}
