@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..errors import EXIT_OK
+from ..errors import EXIT_BAD_INPUT, EXIT_OK
 
 
 def _cluster_jobs(args: argparse.Namespace, run_id: str) -> list[dict] | None:
@@ -42,12 +42,19 @@ def _status(args: argparse.Namespace) -> int:
     cfg = load_run_config(args.config)
     run_id = args.run_id or cfg.run_id
     store = open_store(cfg.store, base_dir=Path(args.config).parent if args.config else None)
+    # Rejected keys, a missing bucket, an unreachable server: fail with that error (exit 2 or 1)
+    # instead of a table where every step reads as a corrupt manifest.
+    store.list(f"runs/{run_id}")
     jobs = _cluster_jobs(args, run_id) if args.namespace else None
     status = collect_status(run_id, store, steps=step_names(), jobs=jobs)
     if args.output == "json":
         print(json.dumps(status.to_dict(), indent=2))
     else:
         print(format_status(status))
+    corrupt = [s.step for s in status.steps if s.note.startswith("corrupt manifest")]
+    if corrupt:
+        print(f"t2s status: corrupt manifest in step(s) {', '.join(corrupt)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     return EXIT_OK
 
 

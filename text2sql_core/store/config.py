@@ -62,9 +62,11 @@ class S3StoreConfig(BaseModel):
     multipart_workers: int = Field(3, ge=1, le=32,
                                    description="Parts of one large file uploaded in parallel.")
     max_workers: int = Field(8, ge=1, le=64, description="Files of a directory tree transferred in parallel.")
-    connect_timeout_s: float = Field(5.0, gt=0, description="Seconds to wait for a TCP/TLS connection.")
-    read_timeout_s: float = Field(120.0, gt=0,
-                                  description="Seconds to wait for the server to answer a request.")
+    connect_timeout_s: float = Field(5.0, gt=0, le=600, description="Seconds to wait for a TCP/TLS connection.")
+    read_timeout_s: float = Field(30.0, gt=0, le=3600,
+                                  description="Seconds to wait for the server to answer a request. A frozen "
+                                              "server fails the step (exit 1) after about (max_retries + 1) x "
+                                              "this: 2 minutes by default, far below a Job's deadline.")
     max_retries: int = Field(3, ge=0, le=20, description="Retries of one request on connection errors and "
                                                           "5xx answers, with exponential backoff.")
 
