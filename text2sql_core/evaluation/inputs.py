@@ -100,8 +100,14 @@ def load_predictions(path: str | Path, *, expected: int) -> list[Prediction]:
     elif path.suffix == ".json":
         preds = _from_json(path)
     else:
-        # As upstream: each line stripped, the text before the first tab. A blank line is an empty prediction.
-        lines = _lines(_read_text(path, "predictions file"))
+        # As upstream: each line stripped, the text before the first tab. A blank line is an empty prediction,
+        # the last one included: only the final newline and blank lines beyond the expected count end the file.
+        text = _read_text(path, "predictions file").replace("\r\n", "\n").replace("\r", "\n")
+        lines = text.split("\n")
+        if lines[-1] == "":
+            lines.pop()
+        while len(lines) > expected and not lines[-1].strip():
+            lines.pop()
         preds = [Prediction(line.strip().split("\t")[0]) for line in lines]
     if len(preds) != expected:
         raise BadInput(f"{len(preds)} predictions for {expected} gold examples: the files must align line "

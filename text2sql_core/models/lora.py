@@ -48,6 +48,19 @@ def _is_quantized(model: Any) -> bool:
     return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
 
 
+def _linear_layer_names(model: Any) -> list[str]:
+    """Names of the leaf layers LoRA can target: any 2-D weight that is not an embedding (q_proj, GPT-2's
+    c_attn Conv1D, NeoX's query_key_value), attention layers first."""
+    found: set[str] = set()
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if (name and not any(True for _ in module.children()) and getattr(weight, "ndim", 0) == 2
+                and "Embedding" not in type(module).__name__):
+            found.add(name.rsplit(".", 1)[-1])
+    attention = ("q", "k", "v", "qkv", "attn", "query", "key", "value")
+    return sorted(found, key=lambda n: (not any(a in n for a in attention), n))
+
+
 def apply_lora(model: Any, cfg: LoRAConfig, *, gradient_checkpointing: bool = False) -> Any:
     """Wrap ``model`` in a new trainable LoRA adapter; only the adapter's weights require gradients.
 
@@ -59,7 +72,7 @@ def apply_lora(model: Any, cfg: LoRAConfig, *, gradient_checkpointing: bool = Fa
     missing = [m for m in cfg.target_modules if m not in names]
     if missing:
         raise BadInput(f"LoRA target modules {missing} are not in this model (its linear layers include "
-                       f"{sorted(n for n in names if n.endswith('proj'))[:12]})", field="model.lora.target_modules")
+                       f"{_linear_layer_names(model)[:12]})", field="model.lora.target_modules")
     if _is_quantized(model):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     elif gradient_checkpointing:
