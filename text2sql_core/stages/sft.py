@@ -307,7 +307,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm,
         adam_beta2=0.95,
-        logging_steps=cfg.logging_steps,
+        # at least once, at the last step: a resume at the final checkpoint then still has its loss
+        logging_steps=min(cfg.logging_steps, cfg.max_steps),
         save_strategy="steps",
         save_steps=cfg.save_steps,
         save_only_model=False,
