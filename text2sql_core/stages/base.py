@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from ..config_base import StageConfigBase
-from ..errors import BadInput
+from ..errors import BadInput, Retryable
 from ..graph import Step, get_step
 from ..logging import bind_context, get_logger
 from ..store import ArtifactStore, open_store
@@ -199,6 +199,30 @@ def _seed_everything(seed: int) -> None:
         pass
 
 
+class _RankLease:
+    """The lease of a torchrun rank other than 0: rank 0 holds the step's lease for the whole launch."""
+
+    def check(self) -> None:
+        return None
+
+    @staticmethod
+    def wait_for_manifest(store: ArtifactStore, prefix: str, digest: str, timeout_s: float = 3600.0) -> Manifest:
+        """Rank 0's manifest of this config hash; concurrent publishes of one prefix would undo each other."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            m = read_manifest(store, prefix)
+            if m is not None and m.config_hash == digest:
+                return m
+            time.sleep(1.0)
+        raise Retryable(f"rank 0 did not publish {prefix} within {timeout_s:.0f}s", uri=store.uri_for(prefix))
+
+    def __enter__(self) -> _RankLease:  # noqa: PYI034 - never subclassed
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
 @contextmanager
 def _sigterm_exits() -> Iterator[None]:
     """SIGTERM (pod deletion, the pipeline's death) unwinds like an exception: the lease is released."""
@@ -252,8 +276,10 @@ def run_step(run_config: RunConfig, step_name: str, *, force: bool = False, base
                  config_hash=digest[:12])
         return StepOutcome(step.name, True, existing, 0.0)
 
-    lease = StepLease(store, prefix, ttl_s=run_config.store.lease_ttl_s,
-                      heartbeat_s=run_config.store.lease_heartbeat_s)
+    # Under torchrun every rank runs this function: the launch holds one lease, through global rank 0.
+    lease: StepLease | _RankLease = (
+        StepLease(store, prefix, ttl_s=run_config.store.lease_ttl_s, heartbeat_s=run_config.store.lease_heartbeat_s)
+        if int(os.environ.get("RANK", "0") or 0) == 0 else _RankLease())
     with _sigterm_exits(), lease:
         existing = read_manifest(store, prefix)  # another runner may have published while we waited
         if existing is not None and existing.config_hash == digest and not force:
@@ -263,7 +289,8 @@ def run_step(run_config: RunConfig, step_name: str, *, force: bool = False, base
         if not root.is_absolute():
             root = (base_dir or Path.cwd()) / root
         workdir = root / run_config.run_id / step.name
-        output_dir = workdir / "output"
+        # other torchrun ranks write beside rank 0, never into (or rmtree) the output it publishes
+        output_dir = workdir / ("output" if isinstance(lease, StepLease) else f"output-rank{os.environ['RANK']}")
         if output_dir.exists():
             shutil.rmtree(output_dir)
         output_dir.mkdir(parents=True)
@@ -283,6 +310,8 @@ def run_step(run_config: RunConfig, step_name: str, *, force: bool = False, base
         seconds = time.monotonic() - t0
         metrics = {**metrics, "seconds": round(seconds, 3)}
         lease.check()
+        if isinstance(lease, _RankLease):  # rank 0 publishes the launch's output; the others wait for it
+            return StepOutcome(step.name, False, lease.wait_for_manifest(store, prefix, digest), seconds)
         manifest = publish(store, prefix, output_dir, run_id=run_config.run_id, step=step.name, kind=step.kind,
                            config_hash=digest, metrics=metrics, started_at=started,
                            extra={"inputs": {n: {"config_hash": m.config_hash, "digest": m.digest}
