@@ -53,7 +53,8 @@ def test_memory_hungry_queries_stay_under_the_peak_rss_bound(db: Path, sql: str,
 
 
 def test_budget_is_checked_before_a_row_is_kept(db: Path) -> None:
-    result = execute(db, f"{ROWS} SELECT {', '.join(f'x + {i}' for i in range(2000))} FROM r", row_cap=10**7)
+    result = execute(db, f"{ROWS} SELECT {', '.join(f'x + {i}' for i in range(2000))} FROM r", row_cap=10**7,
+                     timeout_s=60)
     assert result.error_kind is ErrorKind.ROW_LIMIT and "MiB of memory" in result.error
     assert "2000 columns" in result.error
 
