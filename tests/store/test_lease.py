@@ -20,6 +20,10 @@ class Clock:
         return self.now
 
 
+def _no_sleep(_s: float) -> None:
+    raise AssertionError("a live lease must be refused at once, not waited for")
+
+
 def test_create_bytes_is_exclusive(store) -> None:
     assert store.create_bytes("runs/r/s/_lease.json", b"first")
     assert not store.create_bytes("runs/r/s/_lease.json", b"second")
@@ -45,9 +49,10 @@ def test_racing_creates_have_one_winner(store) -> None:
 
 def test_live_lease_is_refused_naming_the_holder(store) -> None:
     clock = Clock()
-    first = StepLease(store, "runs/r/sft", ttl_s=60, heartbeat_s=10, owner="pod t2s-r-sft-abc", clock=clock)
+    first = StepLease(store, "runs/r/sft", ttl_s=60, heartbeat_s=30, owner="pod t2s-r-sft-abc", clock=clock)
     first.acquire()
-    second = StepLease(store, "runs/r/sft", ttl_s=60, heartbeat_s=10, owner="pod t2s-r-sft-xyz", clock=clock)
+    second = StepLease(store, "runs/r/sft", ttl_s=60, heartbeat_s=30, owner="pod t2s-r-sft-xyz", clock=clock,
+                       sleep=_no_sleep)
     clock.now += 30
     with pytest.raises(LeaseHeld, match=r"pod t2s-r-sft-abc.*last heartbeat 30s ago") as info:
         second.acquire()
@@ -94,3 +99,22 @@ def test_heartbeat_thread_keeps_the_lease_fresh(store) -> None:
         assert json.loads(store.get_bytes(lease.key))["heartbeat"] > first
         lease.check()
     assert not store.exists(lease.key)
+
+
+def test_a_stale_lease_is_waited_for_then_taken_over(store, capsys) -> None:
+    """Missed heartbeats (a killed pod): the next runner waits for the expiry instead of exiting 1."""
+    clock = Clock()
+    dead = StepLease(store, "runs/r/sft", ttl_s=60, heartbeat_s=10, owner="pod oom-killed", clock=clock)
+    dead.acquire()
+    clock.now += 25  # two heartbeats missed, 35 s before the expiry
+    slept: list[float] = []
+
+    def sleep(s: float) -> None:
+        slept.append(s)
+        clock.now += s
+
+    StepLease(store, "runs/r/sft", ttl_s=60, heartbeat_s=10, owner="pod retry", clock=clock, sleep=sleep).acquire()
+    assert 35 <= sum(slept) <= 46
+    err = capsys.readouterr().err
+    assert "waiting for it to expire" in err and "taking over an expired step lease" in err
+    assert json.loads(store.get_bytes(f"runs/r/sft/{LEASE_NAME}"))["owner"] == "pod retry"

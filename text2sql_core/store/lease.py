@@ -2,7 +2,8 @@
 
 A runner creates the lease before it runs a step, renews its heartbeat while it runs and deletes it
 at the end. A second runner finding a live lease exits 1 (``LeaseHeld``, a retry later can succeed)
-with a message naming the holder. A lease whose heartbeat is older than ``ttl_s`` is expired and
+with a message naming the holder; a lease that missed two heartbeats (its pod was killed) is waited
+for until it expires, so that a Job's retries do not burn its backoffLimit on it. A lease whose heartbeat is older than ``ttl_s`` is expired and
 taken over, with a warning naming the previous holder; so is a lease held by a dead process on this
 very host (a ``kill -9`` of a local run), at once.
 
@@ -99,13 +100,14 @@ class StepLease:
     """The lease of one step prefix; use as a context manager around running and publishing the step."""
 
     def __init__(self, store: ArtifactStore, prefix: str, *, ttl_s: float, heartbeat_s: float,
-                 owner: str | None = None, clock: Any = time.time) -> None:
+                 owner: str | None = None, clock: Any = time.time, sleep: Any = time.sleep) -> None:
         self.store = store
         self.key = join_key(prefix, LEASE_NAME)
         self.ttl_s = float(ttl_s)
         self.heartbeat_s = float(heartbeat_s)
         self.owner = owner or default_owner()
         self._clock = clock
+        self._sleep = sleep
         self._host = socket.gethostname()
         self._token = secrets.token_hex(8)
         self._started = 0.0
@@ -151,6 +153,20 @@ class StepLease:
                 continue  # released between our create and our read: try again
             raw, rec = found
             why = self._expired(rec, self._clock())
+            if why is None and rec is not None and self._clock() - rec.heartbeat > 2 * self.heartbeat_s:
+                # missed beats: most likely a killed pod (OOM, node loss). Wait for the expiry instead of
+                # failing, or a Job's quick retries would each exit 1 and use up its backoffLimit.
+                self._log.warning("step lease is stale; waiting for it to expire", holder=rec.describe(now),
+                                  lease=self.store.uri_for(self.key))
+                while why is None and self._clock() - rec.heartbeat > 2 * self.heartbeat_s:
+                    self._sleep(min(self.heartbeat_s, max(0.05, rec.heartbeat + self.ttl_s - self._clock())))
+                    found = self._read()
+                    if found is None:
+                        break
+                    raw, rec = found
+                    why = self._expired(rec, self._clock())
+                if found is None:
+                    continue
             if why is None:
                 assert rec is not None
                 raise LeaseHeld(f"another runner holds this step: {rec.describe(self._clock())}; wait for it "
