@@ -88,7 +88,8 @@ def test_defaults_validate(tmp_path: Path) -> None:
     ("store:\n  local:\n    path: ' '\n", "`path` is an empty path"),
     ("stages:\n  predict:\n    sql_timeout_s: .inf\n", "stages.predict.sql_timeout_s: `sql_timeout_s` must be a finite"),
     ("stages:\n  sft:\n    max_steps: true\n", "`max_steps` must be an integer, got a boolean"),
-    ("stages:\n  sft:\n    learning_rate: 1e26\n", "YAML reads 1e26 as a string"),
+    ("stages:\n  sft:\n    learning_rate: 1e26\n", "`learning_rate` = 1e+26 is absurdly large"),
+    ("stages:\n  sft:\n    learning_rate: '1e-05'\n", "got the string '1e-05' (YAML reads 1e26 as a string"),
     ("run_id: caf\xe9\n".encode("latin-1"), "not UTF-8 text: byte 0xe9 at offset 11 (line 1)"),
 ])
 def test_lax_input_is_bad_input_on_one_line(tmp_path: Path, text, message: str, capsys) -> None:
@@ -106,3 +107,9 @@ def test_stage_configs_are_strict_without_the_loader() -> None:
         SFTConfig(max_steps=True)
     with pytest.raises(ValidationError, match="finite"):
         SFTConfig(learning_rate=float("inf"))
+
+
+def test_exponent_floats_as_helm_writes_them_are_numbers(tmp_path: Path) -> None:
+    """Helm's toYaml renders 0.00001 as 1e-05, which YAML 1.1 would read as a string."""
+    cfg = load_run_config(_write(tmp_path, "stages:\n  sft:\n    learning_rate: 1e-05\n    max_grad_norm: 2E0\n"))
+    assert cfg.stages.sft.learning_rate == 1e-05 and cfg.stages.sft.max_grad_norm == 2.0

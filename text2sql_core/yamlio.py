@@ -7,6 +7,7 @@ steps without a word) and a file in the wrong encoding ends in a ``UnicodeDecode
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,11 @@ class StrictLoader(yaml.SafeLoader):
 
 
 StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, StrictLoader.construct_mapping)
+# YAML 1.2 floats without a dot (1e-05, 5E3): what Helm's toYaml writes for small numbers, and what a
+# person means by 1e26. PyYAML's 1.1 rules read them as strings.
+StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
 
 
 def read_text(path: Path) -> str:

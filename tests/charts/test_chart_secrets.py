@@ -71,3 +71,16 @@ def test_t2s_refuses_an_endpoint_with_a_user_part_without_echoing_it(tmp_path, c
     captured = capsys.readouterr()
     assert "user part" in captured.err
     assert SECRET not in captured.err + captured.out and "AKIAEXAMPLE" not in captured.err + captured.out
+
+
+def test_rendered_run_config_with_small_floats_is_valid(tmp_path) -> None:
+    """The ConfigMap's run.yaml, as Helm writes it (0.00001 becomes 1e-05), passes the strict loader."""
+    from text2sql_core.config import load_run_config
+
+    docs = render({"runConfig": {"stages": {"sft": {"learning_rate": 0.00001}}}})
+    (cm,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    text = cm["data"]["run.yaml"]
+    assert "1e-05" in text
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    assert load_run_config(path).stages.sft.learning_rate == 1e-05
