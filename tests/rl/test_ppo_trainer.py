@@ -151,3 +151,15 @@ def test_value_copy_rollouts_score_the_constrained_policy(tiny_policy, tiny_toke
     assert torch.isfinite(ro.old_logprobs).all()
     stats = trainer.train_on(ro)
     assert all(math.isfinite(v) for v in stats.values())
+
+
+def test_empty_prompts_and_divergence_are_bad_input(tiny_policy, tiny_tokenizer, spider_rows, judge):
+    """Both are deterministic: a retry cannot help, so they exit 2 (not 1, which Kubernetes retries)."""
+    from text2sql_core.errors import BadInput
+
+    trainer = make_trainer(tiny_policy, tiny_tokenizer, spider_rows, judge, reward={"mode": "execution"})
+    with pytest.raises(BadInput, match="at least one training prompt"):
+        PPOTrainer(trainer.actor, trainer.critic, tiny_tokenizer, [], trainer.cfg, judge=judge)
+    trainer.train_on = lambda ro: {"policy_loss": float("nan")}  # what a diverged update reports
+    with pytest.raises(BadInput, match=r"PPO diverged: non-finite metrics at step 1 \(policy_loss\)"):
+        trainer.step()

@@ -85,7 +85,7 @@ def test_weighted_terms_graded_execution_and_syntax(judge):
 
 
 def test_reward_terms_need_what_they_score(judge):
-    with pytest.raises(ValueError, match="need an ExecutionJudge"):
+    with pytest.raises(ValueError, match="needs an ExecutionJudge"):
         RewardFunctions([RewardTerm(name="execution")])
     with pytest.raises(ValueError, match="one reward-model score per item"):
         RewardFunctions([RewardTerm(name="rm")]).score([("pets_1", "SELECT 1", "SELECT 1")])

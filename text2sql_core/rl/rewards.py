@@ -190,7 +190,8 @@ class RewardFunctions:
         self.terms = list(terms)
         self.judge = judge
         if self.needs_execution and judge is None:
-            raise ValueError(f"reward terms {[t.name for t in self.terms if t.name != 'rm']} need an ExecutionJudge")
+            names = [t.name for t in self.terms if t.name != "rm"]
+            raise ValueError(f"execution-based reward terms {names}: each needs an ExecutionJudge")
 
     @property
     def needs_execution(self) -> bool:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from ...errors import BadInput
 from ...models.checkpoint import (
     load_trainable_state,
     load_training_state,
@@ -87,7 +88,8 @@ class PPOTrainer:
                  on_log: Callable[[dict[str, Any]], None] | None = None,
                  deepspeed_config: dict[str, Any] | None = None) -> None:
         if not examples:
-            raise ValueError("PPO needs at least one training prompt")
+            raise BadInput("PPO needs at least one training prompt: the prepared train split is empty or "
+                           "`train_prompts` cut it to nothing", field="stages.ppo.train_prompts")
         self.actor = actor
         self.critic = critic
         self.tokenizer = tokenizer
@@ -286,7 +288,11 @@ class PPOTrainer:
         record = {"step": self.global_step, **ro.stats, **train_stats,
                   "seconds": round(time.monotonic() - started, 3)}
         if not all(math.isfinite(v) for v in record.values() if isinstance(v, float)):
-            raise FloatingPointError(f"non-finite PPO metrics at step {self.global_step}: {record}")
+            # deterministic given the seed and config: a retry diverges the same way (exit 2, not 1)
+            raise BadInput(f"PPO diverged: non-finite metrics at step {self.global_step} "
+                           f"({', '.join(k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v))}); "
+                           "lower actor_learning_rate / critic_learning_rate or raise kl_coef",
+                           field="stages.ppo.actor_learning_rate")
         self.history.append(record)
         if self.on_log is not None:
             self.on_log(record)
