@@ -14,7 +14,8 @@ preemption).
   chaining tool) is suspended again ("Not admitted by cluster queue").
 * **Preemption on demand** (``preempt``): the Workload is evicted, the Job suspended and its
   ``startTime`` cleared (so the Job controller deletes its pods); the Workload is requeued in its
-  FIFO place and admitted again once ``hold_s`` has passed and quota is free. Nothing is Failed.
+  FIFO place. For ``hold_s`` its preemptor holds the quota (nothing is admitted), then it is admitted
+  again. Nothing is Failed.
 
 Every write goes through the real client with field manager ``kueue``; ``history`` records what
 Kueue did, in order, for the tests' assertions.
@@ -187,10 +188,12 @@ class FakeKueue:
                 del self.workloads[uid]
             now = time.monotonic()
             for w in sorted(self.workloads.values(), key=lambda x: x.seq):
-                if w.admitted or w.finished or w.queue not in self.queues or now < w.held_until:
+                if w.admitted or w.finished or w.queue not in self.queues:
                     continue
-                if not self._fits(w):
-                    break  # StrictFIFO: the head that does not fit blocks the queue
+                # StrictFIFO: the head that does not fit blocks the queue; so does a preempted one while
+                # its preemptor holds the quota (hold_s)
+                if now < w.held_until or not self._fits(w):
+                    break
                 w.admitted = True
                 self._set_suspend(w.job, False)  # "Job admitted, unsuspending"
                 self.history.append(KueueAction("admitted", w.job))

@@ -281,6 +281,21 @@ def test_created_job_is_the_spec_owned_by_the_spec_configmap():
     assert create.body["spec"] == spec_job("prepare")["spec"]  # suspend as rendered: the queue's field
 
 
+def test_created_job_carries_quantities_as_strings():
+    """The chart renders `nvidia.com/gpu: 1`; the typed client only sends string quantities."""
+    job = spec_job("prepare")
+    pod = job["spec"]["template"]["spec"]
+    pod["containers"][0]["resources"] = {"limits": {"nvidia.com/gpu": 2, "memory": "16Gi"}, "requests": {"cpu": 8}}
+    pod["volumes"] = [{"name": "work", "emptyDir": {"sizeLimit": 1000}}]
+    src = SpecSource("specs", "u", (StageSpec("prepare", 0, (), job),))
+    (create,) = [a for a in decide(Observed(RUN, (), frozenset(), frozenset(), src)) if isinstance(a, CreateStage)]
+    created = create.body["spec"]["template"]["spec"]
+    assert created["containers"][0]["resources"] == {"limits": {"nvidia.com/gpu": "2", "memory": "16Gi"},
+                                                     "requests": {"cpu": "8"}}
+    assert created["volumes"] == [{"name": "work", "emptyDir": {"sizeLimit": "1000"}}]
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 2  # the spec itself is not changed
+
+
 def test_spec_source_parses_the_configmap_and_reports_what_it_cannot_use():
     import yaml
 

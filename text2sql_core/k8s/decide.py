@@ -551,12 +551,33 @@ def started_message(stage: str, job: str) -> str:
     return f"stage {stage} started (Job {job} created)"
 
 
+def _quantities_as_strings(pod: dict[str, Any]) -> None:
+    """Resource quantities as strings (``gpus: 1`` renders ``nvidia.com/gpu: 1``): the API server takes
+    either, but the typed client validates a Job's quantities as strings and would refuse the create."""
+    def fix(mapping: Any) -> None:
+        if isinstance(mapping, dict):
+            for key, value in mapping.items():
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    mapping[key] = str(value)
+
+    for container in [*(pod.get("containers") or ()), *(pod.get("initContainers") or ())]:
+        resources = container.get("resources") or {}
+        fix(resources.get("limits"))
+        fix(resources.get("requests"))
+    fix(pod.get("overhead"))
+    for volume in pod.get("volumes") or ():
+        empty_dir = volume.get("emptyDir")
+        if isinstance(empty_dir, dict) and isinstance(empty_dir.get("sizeLimit"), int | float):
+            empty_dir["sizeLimit"] = str(empty_dir["sizeLimit"])
+
+
 def _created_body(spec: StageSpec, source: SpecSource) -> dict[str, Any]:
     """The spec as a create request: owned by the spec ConfigMap, so uninstalling the release removes it."""
     body = copy.deepcopy(dict(spec.job))
     meta = body.setdefault("metadata", {})
     meta.pop("namespace", None)
     meta["ownerReferences"] = [{"apiVersion": "v1", "kind": "ConfigMap", "name": source.name, "uid": source.uid}]
+    _quantities_as_strings(((body.get("spec") or {}).get("template") or {}).get("spec") or {})
     return body
 
 
