@@ -4,7 +4,8 @@ Deployments as local subprocesses, and reports Job status to the fake API server
 It plays the Job controller and the kubelet together, for what the chart renders: one container
 per pod, ``completions: 1``. A Job gets a pod once it is unsuspended; exit code 0 makes it
 Complete, another code is retried up to ``backoffLimit`` unless ``podFailurePolicy`` fails the Job
-at once (exit code 2 of the stage container). A Job suspended while its pod runs (Kueue's
+at once (exit code 2 of the stage container); an evicted pod (``disrupt``) is replaced without
+counting when the policy ignores ``DisruptionTarget``. A Job suspended while its pod runs (Kueue's
 preemption) has the pod terminated (SIGTERM, as a pod deletion does), which counts as no failure;
 a new pod starts when the Job is unsuspended again. A Deployment's pod runs until the kubelet
 stops and is restarted when it exits.
@@ -58,6 +59,8 @@ class Pod:
     labels: dict[str, str] = field(default_factory=dict)
     #: terminated because its Job was suspended (preempted), not failed
     stopped: bool = False
+    #: evicted (node drain, disruption): the pod gets the DisruptionTarget condition
+    disrupted: bool = False
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -158,6 +161,8 @@ class FakeKubelet:
             if code == 0:
                 self._done.add(uid)
                 set_job_complete(self.batch, self.namespace, name)
+            elif pod.disrupted and self._ignores_disruptions(job):
+                self._run_pod("Job", job, job["spec"]["template"])  # replaced, not counted against backoffLimit
             elif self._fails_job_at_once(job, code) or self._failed_once(uid) > int(job["spec"].get("backoffLimit", 6)):
                 self._done.add(uid)
                 set_job_failed(self.batch, self.namespace, name,
@@ -165,6 +170,19 @@ class FakeKubelet:
                                else "BackoffLimitExceeded", message=f"container exited with code {code}")
             else:
                 self._run_pod("Job", job, job["spec"]["template"])
+
+    def disrupt(self, owner: str) -> Pod:
+        """Evict the running pod of Job ``owner`` (as a node drain does: DisruptionTarget, then killed)."""
+        pod = next(p for p in list(self._active.values()) if p.owner == owner and p.proc.poll() is None)
+        pod.disrupted = True
+        pod.proc.kill()
+        return pod
+
+    @staticmethod
+    def _ignores_disruptions(job: dict[str, Any]) -> bool:
+        return any(rule.get("action") == "Ignore" and any(c.get("type") == "DisruptionTarget"
+                                                          for c in rule.get("onPodConditions") or ())
+                   for rule in (job["spec"].get("podFailurePolicy") or {}).get("rules") or [])
 
     def _failed_once(self, uid: str) -> int:
         """Count a failed pod of the Job; returns how many failed so far."""

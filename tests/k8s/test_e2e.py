@@ -6,8 +6,8 @@ stage pods with the chart's rules loaded.
 
 The deployed controller creates the nine stage Jobs in graph order; Kueue unsuspends each on
 admission. sft is preempted once it has published a checkpoint: its pod is terminated, the Job is
-re-admitted and the stage resumes from that checkpoint; the run still succeeds, with no StageFailed
-or RunFailed. A second run whose prepare step cannot find its data fails, and Prometheus fires
+re-admitted and the stage resumes from that checkpoint; rm's pod is evicted (a node drain) and
+replaced; the run still succeeds, with no StageFailed or RunFailed. A second run whose prepare step cannot find its data fails, and Prometheus fires
 StageFailed and RunFailed for it (and for it only). Every dashboard panel's query returns series.
 """
 
@@ -45,6 +45,8 @@ QUEUE = "gpu"
 SECRET = "s3-keys"
 TIMEOUT_S = 600
 PREEMPTED_STEP = "sft"
+#: a step whose pod is evicted once (a node drain): replaced without using up backoffLimit 0
+DISRUPTED_STEP = "rm"
 
 #: a run small enough for two CPU cores: a one-layer model, a few steps per stage; sft checkpoints
 #: every 2 of its 12 steps, so it can be preempted between two checkpoints
@@ -228,6 +230,9 @@ def test_whole_run_under_kueue_with_a_preemption_and_prometheus(seaweedfs, apise
                 if steps:  # a checkpoint is published: a higher-priority workload takes the quota now
                     seen_at_preemption.append(steps[-1])
                     kueue.preempt(jobs[PREEMPTED_STEP], hold_s=3.0)
+            victim = [pod for pod, _ in kubelet.metrics_targets() if pod.owner == jobs[DISRUPTED_STEP]]
+            if victim and not any(p.disrupted for p in kubelet.pods) and time.monotonic() - victim[0].started > 1.0:
+                kubelet.disrupt(jobs[DISRUPTED_STEP])
             run_done = all(st == "Complete" for st in states.values()) and [
                 e for e in events(apiserver, "RunSucceeded", NAMESPACE) if e["metadata"]["labels"][RUN_LABEL] == RUN]
             bad_alerted = {("StageFailed", BAD_RUN, "firing"), ("RunFailed", BAD_RUN, "firing")} <= _alerts(prom)
@@ -268,6 +273,9 @@ def test_whole_run_under_kueue_with_a_preemption_and_prometheus(seaweedfs, apise
     resumed = [json.loads(line) for line in second.log.read_text().splitlines()
                if line.startswith("{") and '"sft data encoded"' in line]
     assert resumed and resumed[0]["resume_from_step"] >= seen_at_preemption[0] > 0, (resumed, seen_at_preemption)
+
+    evicted, replacement = [p for p in kubelet.pods if p.owner == jobs[DISRUPTED_STEP]]
+    assert evicted.disrupted and not replacement.disrupted  # backoffLimit 0, yet not failed
 
     final = read_manifest(store, f"runs/{RUN}/evaluate_ppo")
     assert "ex" in final.metrics and 0.0 <= final.metrics["ex"] <= 1.0
