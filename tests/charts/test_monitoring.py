@@ -75,16 +75,16 @@ def test_alerts_fire_when_they_should_and_only_then(documents, tmp_path) -> None
             _series(running, "0 0 0 1 1 1", stage="sft", state="failed"),
             _series("t2s_run_state", "0 0 0 1 1 1", state="failed"),
             _series(running, "1 1 1 1 1 1", stage="rm", state="failed", run="r2"),
-            # ppo runs for 40 minutes; its step moves for 15 minutes, then stops
-            _series(running, "1x40", stage="ppo", state="running"),
-            _series("t2s_stage_duration_seconds", "0+60x40", stage="ppo"),
-            _series("t2s_train_step", "0+1x15 15x25", stage="ppo", pod="ppo-0"),
+            # rl runs for 40 minutes; its step moves for 15 minutes, then stops
+            _series(running, "1x40", stage="rl", state="running"),
+            _series("t2s_stage_duration_seconds", "0+60x40", stage="rl"),
+            _series("t2s_train_step", "0+1x15 15x25", stage="rl", pod="rl-0"),
             # rm_data runs for 40 minutes without reporting any step: stalled too, once 10 minutes have passed
             _series(running, "1x40", stage="rm_data", state="running"),
             _series("t2s_stage_duration_seconds", "0+60x40", stage="rm_data"),
-            # predict_ppo waits for admission for 30 minutes; evaluate_ppo is preempted for 5 minutes only
-            _series(running, "1x30", stage="predict_ppo", state="queued"),
-            _series(running, "1 1 1 1 1 0x25", stage="evaluate_ppo", state="preempted"),
+            # predict_rl waits for admission for 30 minutes; evaluate_rl is preempted for 5 minutes only
+            _series(running, "1x30", stage="predict_rl", state="queued"),
+            _series(running, "1 1 1 1 1 0x25", stage="evaluate_rl", state="preempted"),
         ],
         "alert_rule_test": [
             {"eval_time": "2m", "alertname": "StageFailed", "exp_alerts": []},
@@ -101,12 +101,12 @@ def test_alerts_fire_when_they_should_and_only_then(documents, tmp_path) -> None
                                                     f"--run-id {RUN} shows where."}}]},
             {"eval_time": "9m", "alertname": "StageStalled", "exp_alerts": []},
             {"eval_time": "20m", "alertname": "StageStalled", "exp_alerts": [_stalled("rm_data")]},
-            {"eval_time": "30m", "alertname": "StageStalled", "exp_alerts": [_stalled("ppo"), _stalled("rm_data")]},
+            {"eval_time": "30m", "alertname": "StageStalled", "exp_alerts": [_stalled("rl"), _stalled("rm_data")]},
             {"eval_time": "10m", "alertname": "StageWaitingTooLong", "exp_alerts": []},
             {"eval_time": "20m", "alertname": "StageWaitingTooLong", "exp_alerts": [
-                {"exp_labels": {"severity": "warning", "namespace": "ml", "run": RUN, "stage": "predict_ppo"},
+                {"exp_labels": {"severity": "warning", "namespace": "ml", "run": RUN, "stage": "predict_rl"},
                  "exp_annotations": {
-                     "summary": f"Stage predict_ppo of run {RUN} has waited for admission for 15 minutes",
+                     "summary": f"Stage predict_rl of run {RUN} has waited for admission for 15 minutes",
                      "description": "Its Job is suspended by its queue (Kueue): not enough quota, or preempted and "
                                     "not re-admitted. kubectl get workloads shows why."}}]},
         ],

@@ -4,11 +4,12 @@ one Job at a time, the fake kubelet running every pod (stages and controller) as
 SeaweedFS as the S3 store, a tiny model, and a real Prometheus scraping the controllers and the
 stage pods with the chart's rules loaded.
 
-The deployed controller creates the nine stage Jobs in graph order; Kueue unsuspends each on
+The deployed controller creates the stage Jobs in graph order; Kueue unsuspends each on
 admission. sft is preempted once it has published a checkpoint: its pod is terminated, the Job is
 re-admitted and the stage resumes from that checkpoint; rm's pod is evicted (a node drain) and
-replaced; the run still succeeds, with no StageFailed or RunFailed. A second run whose prepare step cannot find its data fails, and Prometheus fires
-StageFailed and RunFailed for it (and for it only). Every dashboard panel's query returns series.
+replaced; the run still succeeds, with no StageFailed or RunFailed. A second run whose prepare step
+cannot find its data fails, and Prometheus fires StageFailed and RunFailed for it (and for it only).
+Every dashboard panel's query returns series.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ QUEUE = "gpu"
 SECRET = "s3-keys"
 TIMEOUT_S = 600
 PREEMPTED_STEP = "sft"
+#: the step training the policy with PPO (the default rl.algorithm)
+RL_STEP = next(s.name for s in STEPS if s.kind == "ppo")
 #: a step whose pod is evicted once (a node drain): replaced without using up backoffLimit 0
 DISRUPTED_STEP = "rm"
 
@@ -277,7 +280,7 @@ def test_whole_run_under_kueue_with_a_preemption_and_prometheus(seaweedfs, apise
     evicted, replacement = [p for p in kubelet.pods if p.owner == jobs[DISRUPTED_STEP]]
     assert evicted.disrupted and not replacement.disrupted  # backoffLimit 0, yet not failed
 
-    final = read_manifest(store, f"runs/{RUN}/evaluate_ppo")
+    final = read_manifest(store, f"runs/{RUN}/{STEPS[-1].name}")
     assert "ex" in final.metrics and 0.0 <= final.metrics["ex"] <= 1.0
     assert "report.md" in {f.path for f in final.files}
     status = collect_status(RUN, store, steps=[s.name for s in STEPS],
@@ -300,4 +303,4 @@ def test_whole_run_under_kueue_with_a_preemption_and_prometheus(seaweedfs, apise
     stage_states = {(r["metric"]["stage"], r["metric"]["state"]) for r in panels["Stage states"]}
     assert {("sft", "running"), ("sft", "preempted"), ("sft", "published")} <= stage_states
     assert any(r["metric"]["stage"] == "sft" for r in panels["Training loss"])
-    assert any(r["metric"]["stage"] == "ppo" for r in panels["PPO reward"])
+    assert any(r["metric"]["stage"] == RL_STEP for r in panels["PPO reward"])
