@@ -63,7 +63,7 @@ TINY_RUN = {
                     "sandbox_processes": 1, "num_threads": 1},
         "rm": {"max_steps": 2, "batch_size": 4, "eval_steps": 2, "save_steps": 2, "logging_steps": 1,
                "num_threads": 1},
-        "ppo": {"max_steps": 2, "batch_size": 4, "max_new_tokens": 16, "eval_train_prompts": 0, "save_steps": 1,
+        "ppo": {"max_steps": 4, "batch_size": 4, "max_new_tokens": 16, "eval_train_prompts": 0, "save_steps": 1,
                 "num_threads": 1, "reward": {"sandbox_processes": 1}},
         "evaluate": {"workers": 1},
     },
@@ -95,14 +95,15 @@ def _job_state(job: dict[str, Any]) -> str:
 
 
 class Prometheus:
-    """A Prometheus server on 127.0.0.1 scraping the targets in a file_sd file every second."""
+    """A Prometheus server on 127.0.0.1 scraping the targets in a file_sd file four times a second (tiny
+    stages serve their metrics for a few seconds only)."""
 
     def __init__(self, workdir: Path, rule_files: list[Path]) -> None:
         self.workdir = workdir
         self.targets = workdir / "targets.json"
         self.targets.write_text("[]")
         self.port = free_port()
-        config = {"global": {"scrape_interval": "1s", "scrape_timeout": "900ms", "evaluation_interval": "1s"},
+        config = {"global": {"scrape_interval": "250ms", "scrape_timeout": "200ms", "evaluation_interval": "1s"},
                   "rule_files": [str(p) for p in rule_files],
                   "scrape_configs": [{"job_name": "t2s", "file_sd_configs": [
                       {"files": [str(self.targets)], "refresh_interval": "1s"}]}]}
