@@ -125,8 +125,8 @@ def test_dashboard_configmap_for_the_grafana_sidecar(documents) -> None:
     assert board == json.loads(DASHBOARD.read_text())
     assert board["uid"] == "text2sql-rlhf"
     titles = {p["title"] for p in board["panels"]}
-    assert {"Run state", "Stage states", "Stage durations", "Training loss", "PPO reward",
-            "PPO KL to the reference policy", "Tokens per second", "GPU memory (stage process peak)"} <= titles
+    assert {"Run state", "Stage states", "Stage durations", "Training loss", "RL reward",
+            "RL KL to the reference policy", "Tokens per second", "GPU memory (stage process peak)"} <= titles
     assert not [d for d in render({"runId": RUN}) if d["metadata"]["name"].endswith("-dashboard")]
 
 
@@ -139,3 +139,20 @@ def test_every_dashboard_query_is_valid_promql(tmp_path) -> None:
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     proc = _promtool("check", "rules", str(path), cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_every_metric_the_dashboard_and_rules_use_is_exported(documents, tmp_path) -> None:
+    """Each t2s_* series a panel or an alert reads is one the stages or the controller export (a renamed
+    metric would leave a panel silently empty)."""
+    import re
+
+    from text2sql_core.k8s.metrics import ControllerMetrics
+    from text2sql_core.stages.progress import _KNOWN
+
+    exported = {name for name, _ in _KNOWN.values()}
+    for family in ControllerMetrics().registry.collect():
+        exported |= {family.name, f"{family.name}_total"} if family.type == "counter" else {family.name}
+    rules = rules_file(documents, tmp_path / "rules.yaml").read_text()
+    used = set(re.findall(r"\bt2s_[a-z_]+", rules + " ".join(expr for _, expr in dashboard_queries())))
+    assert len(used) >= 8
+    assert used <= exported, f"not exported by any stage or the controller: {sorted(used - exported)}"

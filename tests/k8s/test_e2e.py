@@ -304,4 +304,4 @@ def test_whole_run_under_kueue_with_a_preemption_and_prometheus(seaweedfs, apise
     stage_states = {(r["metric"]["stage"], r["metric"]["state"]) for r in panels["Stage states"]}
     assert {("sft", "running"), ("sft", "preempted"), ("sft", "published")} <= stage_states
     assert any(r["metric"]["stage"] == "sft" for r in panels["Training loss"])
-    assert any(r["metric"]["stage"] == RL_STEP for r in panels["PPO reward"])
+    assert any(r["metric"]["stage"] == RL_STEP for r in panels["RL reward"])
