@@ -156,3 +156,18 @@ def test_every_metric_the_dashboard_and_rules_use_is_exported(documents, tmp_pat
     used = set(re.findall(r"\bt2s_[a-z_]+", rules + " ".join(expr for _, expr in dashboard_queries())))
     assert len(used) >= 8
     assert used <= exported, f"not exported by any stage or the controller: {sorted(used - exported)}"
+
+
+def test_the_readme_dcgm_join_is_valid_promql(tmp_path) -> None:
+    """The README's query joining DCGM exporter's GPU series to run and stage parses."""
+    from tests.charts.render import REPO_ROOT
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    start = readme.index("    DCGM_FI_DEV_FB_USED\n")
+    block = readme[start:readme.index("\n\n", start)]
+    expr = " ".join(line.strip() for line in block.splitlines())
+    assert "label_text2sql_rlhf_dev_run_id" in expr and "label_text2sql_rlhf_dev_stage" in expr
+    path = tmp_path / "dcgm.yaml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "readme", "rules": [{"record": "gpu:fb_used", "expr": expr}]}]}))
+    proc = _promtool("check", "rules", str(path), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
