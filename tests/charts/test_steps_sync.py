@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.charts.render import CHART, REPO_ROOT, HelmError, helm_missing, render
+from tests.charts.render import CHART, REPO_ROOT, HelmError, helm_missing, render, stage_jobs
 from text2sql_core.graph import all_step_names, build_steps
 from text2sql_core.registry import RL_KINDS, config_class, get_kind
 
@@ -41,7 +41,7 @@ def test_whole_run_renders_the_graph_of_each_algorithm(algorithm: str, stages: d
     run_config = {"rl": {"algorithm": algorithm}}
     if stages:
         run_config["stages"] = stages
-    jobs = [d for d in render({"runConfig": run_config}) if d["kind"] == "Job"]
+    jobs = stage_jobs(render({"runConfig": run_config}))
     rendered = [(j["metadata"]["labels"]["text2sql-rlhf.dev/stage"],
                  j["metadata"]["annotations"]["text2sql-rlhf.dev/kind"],
                  j["metadata"]["annotations"]["text2sql-rlhf.dev/depends-on"]) for j in jobs]

@@ -10,15 +10,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.k8s.fake_apiserver import FakeApiServer
+from tests.k8s.fake_kueue import QUEUE_LABEL
 from text2sql_core.graph import STEPS
 from text2sql_core.k8s.controller import Controller, ControllerConfig, StoreManifests
 from text2sql_core.k8s.decide import (
     COMPONENT_LABEL,
     DEPENDS_ON_ANNOTATION,
+    FIELD_MANAGER,
     ORDER_ANNOTATION,
     RUN_LABEL,
+    SPECS_COMPONENT,
     STAGE_COMPONENT,
     STAGE_LABEL,
 )
@@ -49,14 +53,41 @@ def stage_job(run_id: str, step: str, order: int, depends_on: tuple[str, ...], *
     }
 
 
-def create_run(batch: Any, run_id: str, steps: Any = STEPS, namespace: str = NAMESPACE) -> list[str]:
-    """Create a whole run's Jobs: every Job suspended except those without upstream steps."""
-    names = []
+def specs_name(run_id: str) -> str:
+    return f"t2s-{run_id}-stages"
+
+
+def spec_configmap(run_id: str, steps: Any = STEPS, *, queue: str | None = None) -> dict[str, Any]:
+    """A run's spec ConfigMap as the chart renders it: one Job per step, labelled for ``queue`` (Kueue)
+    and created suspended when a queue admits it, unsuspended otherwise."""
+    data = {}
+    for order, step in enumerate(steps):
+        extra = {QUEUE_LABEL: queue} if queue else None
+        data[f"{step.name}.yaml"] = yaml.safe_dump(stage_job(run_id, step.name, order, step.inputs,
+                                                             suspend=queue is not None, extra_labels=extra))
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": specs_name(run_id), "labels": {RUN_LABEL: run_id, COMPONENT_LABEL: SPECS_COMPONENT,
+                                                                "app.kubernetes.io/instance": "t2s"}},
+            "data": data}
+
+
+def create_run(batch: Any, run_id: str, steps: Any = STEPS, namespace: str = NAMESPACE, *,
+               queue: str | None = None) -> list[str]:
+    """Install a whole run the way the chart does: its spec ConfigMap (the controller creates the Jobs).
+    Returns the Job names, in step order."""
+    from kubernetes import client
+
+    client.CoreV1Api(batch.api_client).create_namespaced_config_map(namespace, spec_configmap(run_id, steps,
+                                                                                             queue=queue))
+    return [job_name(run_id, s.name) for s in steps]
+
+
+def create_jobs(batch: Any, run_id: str, steps: Any = STEPS, namespace: str = NAMESPACE) -> list[str]:
+    """Every Job of a run at once, as if created and all but the first held by a queue (for ``t2s status``)."""
     for order, step in enumerate(steps):
         batch.create_namespaced_job(namespace, stage_job(run_id, step.name, order, step.inputs,
                                                          suspend=bool(step.inputs)))
-        names.append(job_name(run_id, step.name))
-    return names
+    return [job_name(run_id, s.name) for s in steps]
 
 
 def publish_step(store: LocalStore, run_id: str, step: str, metrics: dict[str, Any] | None = None) -> None:
@@ -80,17 +111,26 @@ def wait_until(predicate: Callable[[], Any], *, timeout: float = 10.0, what: str
         time.sleep(0.02)
 
 
-def suspend_patches(server: FakeApiServer, name: str | None = None) -> list[Any]:
-    """Successful PATCHes that flipped a Job's spec.suspend to false."""
-    return [r for r in server.requests_where(verb="patch", resource="jobs", subresource=None, status=200)
-            if isinstance(r.body, dict) and (r.body.get("spec") or {}).get("suspend") is False
-            and (name is None or r.name == name)]
+def creates(server: FakeApiServer, name: str | None = None) -> list[Any]:
+    """Successful Job creates by the controller (of Job ``name``)."""
+    return [r for r in server.requests_where(verb="create", resource="jobs", status=201)
+            if r.field_manager == FIELD_MANAGER and (name is None or (r.body or {})["metadata"]["name"] == name)]
+
+
+def controller_spec_writes(server: FakeApiServer) -> list[Any]:
+    """Controller writes that touched a Job's spec other than by creating it (must stay empty)."""
+    return [r for r in server.requests_where(resource="jobs") if r.verb in ("patch", "update")
+            and r.field_manager == FIELD_MANAGER and isinstance(r.body, dict) and "spec" in r.body]
 
 
 def job(server: FakeApiServer, name: str) -> dict[str, Any]:
     obj = server.get_object("jobs", NAMESPACE, name, group="batch")
     assert obj is not None, f"Job {name} not found"
     return obj
+
+
+def job_exists(server: FakeApiServer, name: str) -> bool:
+    return server.get_object("jobs", NAMESPACE, name, group="batch") is not None
 
 
 def events(server: FakeApiServer, reason: str | None = None, namespace: str = NAMESPACE) -> list[dict[str, Any]]:

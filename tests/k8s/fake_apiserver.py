@@ -21,6 +21,10 @@ few cluster-scoped) resources:
   not merged by key) and JSON patch (RFC 6902);
 * core/v1 and events.k8s.io/v1 Events are one resource, converted between the two versions.
 
+* mutating admission on create (``add_admission``), as a webhook such as Kueue's does;
+* garbage collection of dependents: deleting an object deletes the objects whose
+  ``ownerReferences`` name its uid (background propagation; ``propagationPolicy=Orphan`` keeps them).
+
 Tests inspect ``server.requests`` (every request, parsed) and may hook requests
 (``add_hook``) to inject API errors or to kill a controller process at an exact moment.
 ``set_job_running`` / ``set_job_complete`` / ``set_job_failed`` play the Job controller's part by
@@ -425,6 +429,9 @@ class HookResult:
 
 
 Hook = Callable[[Request], "HookResult | None"]
+#: a mutating admission webhook: called with the resource's kind and group and the object being
+#: created, which it may change in place
+Admission = Callable[[str, str, dict[str, Any]], None]
 
 
 @dataclass
@@ -458,6 +465,7 @@ class FakeApiServer:
         self._watch_epoch = 0
         self._stopping = False
         self._hooks: list[tuple[str, Hook]] = []
+        self._admissions: list[Admission] = []
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -522,6 +530,11 @@ class FakeApiServer:
             raise ValueError("when must be 'before' or 'after'")
         with self._lock:
             self._hooks.append((when, fn))
+
+    def add_admission(self, fn: Admission) -> None:
+        """Run ``fn(kind, group, obj)`` on every object before it is created (a mutating webhook)."""
+        with self._lock:
+            self._admissions.append(fn)
 
     def remove_hook(self, fn: Hook) -> None:
         with self._lock:
@@ -691,7 +704,7 @@ class FakeApiServer:
         if verb == "patch":
             return 200, self._patch(route, body, req.content_type, query)
         if verb == "delete":
-            return 200, self._delete(route)
+            return 200, self._delete(route, query)
         return 200, self._delete_collection(route, query)
 
     # ---- verbs -----------------------------------------------------------------------------
@@ -871,6 +884,8 @@ class FakeApiServer:
             meta["generation"] = 1
             meta.pop("resourceVersion", None)
             obj["apiVersion"], obj["kind"] = rt.api_version, rt.kind
+            for admit in self._admissions:
+                admit(rt.kind, rt.group, obj)
             self._default(rt, obj)
             self._validate(rt, obj)
             self._touch_managed_fields(obj, query, "Update", None, rt.api_version)
@@ -958,7 +973,7 @@ class FakeApiServer:
                 new.setdefault("metadata", {}).pop("resourceVersion", None)
             return self._write(route, new, query, "Update")
 
-    def _delete(self, route: _Route) -> dict[str, Any]:
+    def _delete(self, route: _Route, query: Mapping[str, str]) -> dict[str, Any]:
         assert route.name is not None
         with self._lock:
             key = self._key(route, route.name)
@@ -966,9 +981,22 @@ class FakeApiServer:
             if old is None:
                 raise _not_found(route.rt, route.name)
             final = self._commit("DELETED", key, None, old)
+            if query.get("propagationPolicy") != "Orphan":
+                self._collect_dependents(final["metadata"]["uid"])
         return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
                 "details": {"name": route.name, "group": route.rt.group, "kind": route.rt.plural,
                             "uid": final["metadata"]["uid"]}}
+
+    def _collect_dependents(self, uid: str) -> None:
+        """Delete, transitively, every object owned by ``uid`` (the garbage collector's part). Lock held."""
+        doomed = [uid]
+        while doomed:
+            owner = doomed.pop()
+            for key, obj in sorted(self._objects.items()):
+                if key in self._objects and any(ref.get("uid") == owner
+                                                for ref in obj["metadata"].get("ownerReferences") or ()):
+                    final = self._commit("DELETED", key, None, obj)
+                    doomed.append(final["metadata"]["uid"])
 
     def _delete_collection(self, route: _Route, query: Mapping[str, str]) -> dict[str, Any]:
         labels = LabelSelector.parse(query.get("labelSelector"))

@@ -4,8 +4,11 @@ Deployments as local subprocesses, and reports Job status to the fake API server
 It plays the Job controller and the kubelet together, for what the chart renders: one container
 per pod, ``completions: 1``. A Job gets a pod once it is unsuspended; exit code 0 makes it
 Complete, another code is retried up to ``backoffLimit`` unless ``podFailurePolicy`` fails the Job
-at once (exit code 2 of the stage container). A Deployment's pod runs until the kubelet stops and
-is restarted when it exits.
+at once (exit code 2 of the stage container); an evicted pod (``disrupt``) is replaced without
+counting when the policy ignores ``DisruptionTarget``. A Job suspended while its pod runs (Kueue's
+preemption) has the pod terminated (SIGTERM, as a pod deletion does), which counts as no failure;
+a new pod starts when the Job is unsuspended again. A Deployment's pod runs until the kubelet
+stops and is restarted when it exits.
 
 What a real node does with namespaces is simulated with paths:
 
@@ -15,7 +18,8 @@ What a real node does with namespaces is simulated with paths:
 * the image's ``t2s`` entrypoint is this interpreter with the checkout on ``PYTHONPATH``;
 * ``$(VAR)`` in command and args is expanded from the container's env, as Kubernetes does;
   ``secretKeyRef``, ``configMapKeyRef`` and ``fieldRef`` (namespace, pod name) are resolved;
-* pods share the host network, so ``T2S_METRICS_PORT`` is set to 0 (any free port);
+* pods share the host network, so ``T2S_METRICS_PORT`` is set to a free port of the host
+  (``Pod.metrics_port``; ``metrics_targets()`` lists the running pods' endpoints for a Prometheus);
 * a pod with ``automountServiceAccountToken: true`` gets ``KUBECONFIG`` pointing at the fake API
   server instead of a mounted service-account token.
 """
@@ -35,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.k8s.fake_apiserver import FakeApiServer, set_job_complete, set_job_failed, set_job_running
+from tests.servers import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,7 +55,17 @@ class Pod:
     attempt: int
     root: Path
     proc: subprocess.Popen[bytes]
+    metrics_port: int = 0
+    labels: dict[str, str] = field(default_factory=dict)
+    #: terminated because its Job was suspended (preempted), not failed
+    stopped: bool = False
+    #: evicted (node drain, disruption): the pod gets the DisruptionTarget condition
+    disrupted: bool = False
     started: float = field(default_factory=time.monotonic)
+
+    @property
+    def name(self) -> str:
+        return f"{self.owner}-{self.attempt}"
 
     @property
     def log(self) -> Path:
@@ -74,6 +89,7 @@ class FakeKubelet:
         self._active: dict[str, Pod] = {}  # owner uid -> running pod
         self._done: set[str] = set()  # Job uids that finished
         self._attempts: dict[str, int] = {}
+        self._failures: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="fake-kubelet", daemon=True)
 
@@ -95,6 +111,10 @@ class FakeKubelet:
                     pod.proc.kill()
                     pod.proc.wait()
         self._api.close()
+
+    def metrics_targets(self) -> list[tuple[Pod, str]]:
+        """(pod, "127.0.0.1:<port>") of every running pod: what a PodMonitor would scrape."""
+        return [(p, f"127.0.0.1:{p.metrics_port}") for p in list(self._active.values()) if p.proc.poll() is None]
 
     def logs(self, owner: str) -> str:
         """Every attempt's output of a Job or Deployment, oldest first."""
@@ -120,7 +140,11 @@ class FakeKubelet:
                 self._run_pod("Deployment", dep, dep["spec"]["template"])
         for job in self.server.objects("jobs", self.namespace, group="batch"):
             uid = job["metadata"]["uid"]
-            if uid in self._done or job["spec"].get("suspend"):
+            if uid in self._done:
+                continue
+            if job["spec"].get("suspend"):
+                if uid in self._active:
+                    self._stop_pod(job, self._active.pop(uid))
                 continue
             pod = self._active.get(uid)
             if pod is None:
@@ -137,13 +161,47 @@ class FakeKubelet:
             if code == 0:
                 self._done.add(uid)
                 set_job_complete(self.batch, self.namespace, name)
-            elif self._fails_job_at_once(job, code) or pod.attempt > int(job["spec"].get("backoffLimit", 6)):
+            elif pod.disrupted and self._ignores_disruptions(job):
+                self._run_pod("Job", job, job["spec"]["template"])  # replaced, not counted against backoffLimit
+            elif self._fails_job_at_once(job, code) or self._failed_once(uid) > int(job["spec"].get("backoffLimit", 6)):
                 self._done.add(uid)
                 set_job_failed(self.batch, self.namespace, name,
                                reason="PodFailurePolicy" if self._fails_job_at_once(job, code)
                                else "BackoffLimitExceeded", message=f"container exited with code {code}")
             else:
                 self._run_pod("Job", job, job["spec"]["template"])
+
+    def disrupt(self, owner: str) -> Pod:
+        """Evict the running pod of Job ``owner`` (as a node drain does: DisruptionTarget, then killed)."""
+        pod = next(p for p in list(self._active.values()) if p.owner == owner and p.proc.poll() is None)
+        pod.disrupted = True
+        pod.proc.kill()
+        return pod
+
+    @staticmethod
+    def _ignores_disruptions(job: dict[str, Any]) -> bool:
+        return any(rule.get("action") == "Ignore" and any(c.get("type") == "DisruptionTarget"
+                                                          for c in rule.get("onPodConditions") or ())
+                   for rule in (job["spec"].get("podFailurePolicy") or {}).get("rules") or [])
+
+    def _failed_once(self, uid: str) -> int:
+        """Count a failed pod of the Job; returns how many failed so far."""
+        self._failures[uid] = self._failures.get(uid, 0) + 1
+        return self._failures[uid]
+
+    def _stop_pod(self, job: dict[str, Any], pod: Pod) -> None:
+        """The Job was suspended: delete its pod (SIGTERM, then SIGKILL after the grace period)."""
+        pod.stopped = True
+        if pod.proc.poll() is None:
+            pod.proc.send_signal(signal.SIGTERM)
+            try:
+                pod.proc.wait(timeout=int(job["spec"]["template"]["spec"].get("terminationGracePeriodSeconds", 30)))
+            except subprocess.TimeoutExpired:
+                pod.proc.kill()
+                pod.proc.wait()
+        self.batch.patch_namespaced_job_status(job["metadata"]["name"], self.namespace,
+                                               {"status": {"active": 0, "ready": 0}},
+                                               _content_type="application/merge-patch+json")
 
     @staticmethod
     def _fails_job_at_once(job: dict[str, Any], code: int) -> bool:
@@ -174,7 +232,8 @@ class FakeKubelet:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(REPO_ROOT), "LANG": "C.UTF-8"}
         for item in container.get("env") or []:
             env[item["name"]] = host(self._env_value(item, pod_name))
-        env["T2S_METRICS_PORT"] = "0"
+        port = free_port()
+        env["T2S_METRICS_PORT"] = str(port)
         if spec.get("automountServiceAccountToken"):
             env["KUBECONFIG"] = str(self.kubeconfig)
 
@@ -189,7 +248,8 @@ class FakeKubelet:
         cwd.mkdir(parents=True, exist_ok=True)
         with (root / "container.log").open("ab") as log:
             proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
-        pod = Pod(kind, meta["name"], attempt, root, proc)
+        labels = dict(((template.get("metadata") or {}).get("labels")) or {})
+        pod = Pod(kind, meta["name"], attempt, root, proc, metrics_port=port, labels=labels)
         self.pods.append(pod)
         self._active[meta["uid"]] = pod
 

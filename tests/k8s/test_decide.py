@@ -11,20 +11,24 @@ from text2sql_core.k8s.decide import (
     DEPENDS_ON_ANNOTATION,
     FAILED_STAGE_ANNOTATION,
     ORDER_ANNOTATION,
+    PREEMPTIONS_ANNOTATION,
     RUN_LABEL,
     RUN_STATE_ANNOTATION,
     STAGE_LABEL,
     STAGE_STATE_ANNOTATION,
     AnnotateJob,
+    CreateStage,
     JobView,
     Observed,
     RecordEvent,
     RunState,
+    SpecSource,
+    StageSpec,
     StageState,
-    StartStage,
     decide,
     job_view,
     plan,
+    spec_source,
     started_message,
 )
 
@@ -34,28 +38,44 @@ GRAPH = {"prepare": (), "sft": ("prepare",), "predict": ("sft",), "rm": ("sft",)
 ORDER = {name: i for i, name in enumerate(GRAPH)}
 
 
-_NATURAL = {"suspended": "pending", "unsuspended": "running", "running": "running", "complete": "published",
+_NATURAL = {"suspended": "queued", "unsuspended": "running", "running": "running", "complete": "published",
             "failed": "failed"}
 
 
 def J(stage: str, status: str = "suspended", *, run: str = RUN, labels: dict | None = None,
       annotations: dict | None = None, name: str | None = None, recorded: str | None = None,
-      failed_stage: str | None = None, shown: str | None = None) -> JobView:
+      failed_stage: str | None = None, shown: str | None = None, preemptions: int | None = None) -> JobView:
     """A stage Job; status: suspended | unsuspended (no pod yet) | running | complete | failed.
 
-    ``recorded`` / ``failed_stage`` / ``shown`` are the run-state, failed-stage and stage-state
-    annotations a controller wrote earlier.
+    ``recorded`` / ``failed_stage`` / ``shown`` / ``preemptions`` are the run-state, failed-stage,
+    stage-state and preemptions annotations a controller wrote earlier.
     """
     lab = {RUN_LABEL: run, STAGE_LABEL: stage, COMPONENT_LABEL: "stage"}
     lab.update(labels or {})
     ann = {ORDER_ANNOTATION: str(ORDER.get(stage, 9)), DEPENDS_ON_ANNOTATION: ",".join(GRAPH.get(stage, ())),
-           RUN_STATE_ANNOTATION: recorded, FAILED_STAGE_ANNOTATION: failed_stage, STAGE_STATE_ANNOTATION: shown}
+           RUN_STATE_ANNOTATION: recorded, FAILED_STAGE_ANNOTATION: failed_stage, STAGE_STATE_ANNOTATION: shown,
+           PREEMPTIONS_ANNOTATION: None if preemptions is None else str(preemptions)}
     ann.update(annotations or {})
     ann = {k: v for k, v in ann.items() if v is not None}
     return JobView(name=name or f"job-{stage}", uid=f"uid-{stage}", resource_version="7", labels=lab,
                    annotations=ann, suspended=status == "suspended", active=int(status == "running"),
                    complete=status == "complete", failed=status == "failed",
                    failure="BackoffLimitExceeded: boom" if status == "failed" else "")
+
+
+def spec_job(stage: str) -> dict:
+    return {"apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": f"job-{stage}", "namespace": "ml",
+                         "labels": {RUN_LABEL: RUN, STAGE_LABEL: stage, COMPONENT_LABEL: "stage"},
+                         "annotations": {ORDER_ANNOTATION: str(ORDER[stage]),
+                                         DEPENDS_ON_ANNOTATION: ",".join(GRAPH[stage])}},
+            "spec": {"suspend": True, "template": {"spec": {"containers": [{"name": "stage"}]}}}}
+
+
+def source(*skip: str, problems: tuple[str, ...] = ()) -> SpecSource:
+    """The run's spec ConfigMap (every step of GRAPH but ``skip``)."""
+    return SpecSource("t2s-r1-stages", "uid-specs",
+                      tuple(StageSpec(s, ORDER[s], GRAPH[s], spec_job(s)) for s in GRAPH if s not in skip), problems)
 
 
 def steady(*jobs: JobView, state: str = "running") -> tuple[JobView, ...]:
@@ -73,174 +93,236 @@ def steady(*jobs: JobView, state: str = "running") -> tuple[JobView, ...]:
 def summary(actions) -> list[str]:
     out = []
     for a in actions:
-        if isinstance(a, StartStage):
-            out.append(f"start {a.stage}")
+        if isinstance(a, CreateStage):
+            out.append(f"create {a.stage}")
         elif isinstance(a, RecordEvent):
             out.append(f"event {a.reason} {a.job}")
         elif isinstance(a, AnnotateJob):
             ann = dict(a.annotations)
             failed = f":{ann[FAILED_STAGE_ANNOTATION]}" if ann.get(FAILED_STAGE_ANNOTATION) else ""
-            out.append(f"annotate {a.job} {ann[RUN_STATE_ANNOTATION]}{failed} {ann[STAGE_STATE_ANNOTATION]}")
+            count = f" {ann[PREEMPTIONS_ANNOTATION]}" if PREEMPTIONS_ANNOTATION in ann else ""
+            out.append(f"annotate {a.job} {ann[RUN_STATE_ANNOTATION]}{failed} {ann[STAGE_STATE_ANNOTATION]}{count}")
     return out
 
 
 SFT_STARTED = ("StageStarted", started_message("sft", "job-sft"))
+DONE = ("prepare", "sft")
 
 CASES = [
     pytest.param(
-        (J("prepare", "running"), J("sft"), J("predict"), J("rm"), J("ppo")), set(), set(),
-        ["event StageStarted job-prepare", "annotate job-prepare running running",
-         *(f"annotate job-{s} running pending" for s in ("sft", "predict", "rm", "ppo"))],
-        id="fresh run: record prepare as started, annotate every Job"),
+        (), set(), set(), source(),
+        ["create prepare", "event StageStarted job-prepare", "annotate job-prepare running created"],
+        id="fresh run: create the first Job from its spec"),
     pytest.param(
-        steady(J("prepare", "complete"), J("sft"), J("predict"), J("rm"), J("ppo")), {"prepare"}, set(),
-        ["start sft", "event StageStarted job-sft", "annotate job-sft running running"],
-        id="upstream Complete and published: start the next stage"),
+        steady(J("prepare", shown="created")), set(), set(), source(),
+        ["event StageQueued job-prepare", "annotate job-prepare running queued"],
+        id="created, then held by its queue: waiting for admission"),
     pytest.param(
-        steady(J("prepare", "complete", shown="running"), J("sft"), J("predict"), J("rm"), J("ppo")), set(), set(),
+        steady(J("prepare", "running", shown="created")), set(), set(), source(),
+        ["annotate job-prepare running running"],
+        id="created and running at once (no queue)"),
+    pytest.param(
+        steady(J("prepare")), set(), set(), source(),
+        [],
+        id="still queued: nothing to do, never unsuspended by the controller"),
+    pytest.param(
+        steady(J("prepare", "complete")), {"prepare"}, set(), source(),
+        ["create sft", "event StageStarted job-sft", "annotate job-sft running created"],
+        id="upstream Complete and published: create the next Job"),
+    pytest.param(
+        steady(J("prepare", "complete", shown="running")), set(), set(), source(),
         ["event StageWaiting job-prepare", "annotate job-prepare running complete"],
         id="Complete without manifest: wait, do not trust the Job"),
     pytest.param(
-        steady(J("prepare", "complete", shown="complete"), J("sft"), J("predict"), J("rm"), J("ppo")), set(),
-        set(), [],
+        steady(J("prepare", "complete", shown="complete")), set(), set(), source(), [],
         id="still waiting for the manifest: the wait was already recorded"),
     pytest.param(
-        steady(J("prepare", "running"), J("sft"), J("predict"), J("rm"), J("ppo")), {"prepare"}, set(),
-        [],
+        steady(J("prepare", "running")), {"prepare"}, set(), source(), [],
         id="manifest published but its Job still running: wait for the Job too"),
     pytest.param(
-        steady(J("prepare", "complete"), J("sft", "unsuspended"), J("predict"), J("rm"), J("ppo")), {"prepare"},
-        set(), [],
-        id="already unsuspended: never started twice"),
-    pytest.param(
-        steady(J("prepare", "complete"), J("sft", "unsuspended", shown="pending"), J("predict"), J("rm"), J("ppo")),
-        {"prepare"}, set(),
+        (*steady(J("prepare", "complete")), J("sft", "unsuspended", recorded="running")),
+        {"prepare"}, set(), source(),
         ["event StageStarted job-sft", "annotate job-sft running running"],
-        id="restarted after the patch, before its Event: record Event and annotation, no patch"),
+        id="restarted after the create, before its Event: record Event and annotation, no second create"),
     pytest.param(
-        steady(J("prepare", "complete"), J("sft", "unsuspended", shown="pending"), J("predict"), J("rm"), J("ppo")),
-        {"prepare"}, {SFT_STARTED},
+        (*steady(J("prepare", "complete")), J("sft", "unsuspended", recorded="running")),
+        {"prepare"}, {SFT_STARTED}, source(),
         ["annotate job-sft running running"],
         id="restarted after the Event, before the annotation: annotation only"),
     pytest.param(
-        steady(J("prepare", "complete"), J("sft", "complete", shown="pending"), J("predict"), J("rm"), J("ppo")),
-        {"prepare", "sft"}, set(),
-        ["start predict", "start rm", "event StageStarted job-sft", "event StageStarted job-predict",
-         "event StageStarted job-rm", "annotate job-sft running published", "annotate job-predict running running",
-         "annotate job-rm running running"],
-        id="fan-out: both downstream stages start in one pass (and a missed start is recorded)"),
+        steady(J("prepare", "complete"), J("sft", "complete")), set(DONE), set(), source(),
+        ["create predict", "create rm", "event StageStarted job-predict", "event StageStarted job-rm",
+         "annotate job-predict running created", "annotate job-rm running created"],
+        id="fan-out: both downstream Jobs are created in one pass"),
     pytest.param(
-        steady(J("prepare", "complete"), J("sft", "complete"), J("predict", "running"), J("rm", "running"),
-               J("ppo")), {"prepare", "sft"}, set(),
-        [],
+        steady(J("prepare", "complete"), J("sft", "complete"), J("predict", "running"), J("rm", "running")),
+        set(DONE), set(), source(), [],
         id="fan-in: ppo waits while one of its inputs still runs"),
     pytest.param(
+        steady(J("prepare", "complete"), J("sft", shown="running")), {"prepare"}, set(), source(),
+        ["event StagePreempted job-sft", "annotate job-sft running preempted 1"],
+        id="suspended after it ran: preempted (counted), not failed"),
+    pytest.param(
+        steady(J("prepare", "complete"), J("sft", shown="preempted", preemptions=1)), {"prepare"}, set(), source(),
+        [],
+        id="still preempted: waits for re-admission"),
+    pytest.param(
+        steady(J("prepare", "complete"), J("sft", "running", shown="preempted", preemptions=1)), {"prepare"}, set(),
+        source(),
+        ["event StageResumed job-sft", "annotate job-sft running running 1"],
+        id="re-admitted: resumed"),
+    pytest.param(
+        steady(J("prepare", "complete"), J("sft", shown="running", preemptions=1)), {"prepare"}, set(), source(),
+        ["event StagePreempted job-sft", "annotate job-sft running preempted 2"],
+        id="a second preemption is a new Event"),
+    pytest.param(
         steady(J("prepare", "complete"), J("sft", "complete"), J("predict", "failed", shown="running"),
-               J("rm", "complete"), J("ppo")), {"prepare", "sft", "rm"}, set(),
+               J("rm", "complete")), {"prepare", "sft", "rm"}, set(), source(),
         ["event StageFailed job-predict", "event RunFailed job-prepare",
          "annotate job-prepare failed:predict published", "annotate job-sft failed:predict published",
-         "annotate job-predict failed:predict failed", "annotate job-rm failed:predict published",
-         "annotate job-ppo failed:predict skipped"],
-        id="a failed stage fails the run; ppo, though ready, does not start"),
+         "annotate job-predict failed:predict failed", "annotate job-rm failed:predict published"],
+        id="a failed stage fails the run; ppo, though ready, is not created"),
     pytest.param(
         (J("prepare", "complete", recorded="failed", failed_stage="predict", shown="published"),
          J("sft", "complete", recorded="failed", failed_stage="predict", shown="published"),
-         J("rm", "complete", recorded="failed", failed_stage="predict", shown="published"),
-         J("ppo", recorded="failed", failed_stage="predict", shown="skipped")),
-        {"prepare", "sft", "rm"}, set(),
+         J("rm", "complete", recorded="failed", failed_stage="predict", shown="published")),
+        {"prepare", "sft", "rm"}, set(), source(),
         [],
-        id="recorded failure outlives the failed Job (deleted by TTL): still nothing starts"),
+        id="recorded failure outlives the failed Job (deleted by TTL): it is not created again"),
     pytest.param(
-        steady(*(J(s, "complete") for s in GRAPH)), set(GRAPH), set(),
+        steady(*(J(s, "complete") for s in GRAPH)), set(GRAPH), set(), source(),
         ["event RunSucceeded job-prepare", *(f"annotate job-{s} succeeded published" for s in GRAPH)],
         id="every stage Complete and published: run succeeded"),
     pytest.param(
-        steady(*(J(s, "complete") for s in GRAPH), state="succeeded"), set(GRAPH), set(),
+        steady(*(J(s, "complete") for s in GRAPH), state="succeeded"), set(GRAPH), set(), source(),
         [],
         id="succeeded and recorded: nothing more, even after the Event expired"),
     pytest.param(
-        steady(J("sft"), J("predict"), J("rm"), J("ppo")), {"prepare"}, set(),
-        ["start sft", "event StageStarted job-sft", "annotate job-sft running running"],
-        id="upstream without a Job (disabled in the chart) counts once published"),
+        (), {"prepare"}, set(), source("prepare"),
+        ["create sft", "event StageStarted job-sft", "annotate job-sft running created"],
+        id="upstream without a spec (disabled in the chart) counts once published"),
     pytest.param(
-        steady(J("sft"), J("predict"), J("rm"), J("ppo")), set(), set(),
+        (), set(), set(), source("prepare"),
         ["event StageWaiting job-sft"],
-        id="upstream without a Job and unpublished: wait and say why"),
+        id="upstream without a spec and unpublished: wait and say why"),
     pytest.param(
-        steady(J("prepare", "complete"), J("sft", "unsuspended"), J("predict", "unsuspended"), J("rm"), J("ppo")),
-        {"prepare"}, set(),
-        [],
-        id="a Job unsuspended by someone else before its inputs: left alone"),
+        (), {"prepare"}, set(), source(),
+        ["create sft", "event StageStarted job-sft", "annotate job-sft running created"],
+        id="published step whose Job is gone (TTL): not created again"),
     pytest.param(
-        steady(J("prepare", "complete"), J("sft"), J("predict"), J("rm"), J("ppo"),
-               J("sft", name="job-debug", labels={COMPONENT_LABEL: "debug"})), {"prepare"}, set(),
-        ["start sft", "event JobConflict job-debug", "event StageStarted job-sft", "annotate job-sft running running"],
+        steady(J("prepare", "complete"), J("sft", name="job-debug", labels={COMPONENT_LABEL: "debug"})),
+        {"prepare"}, set(), source(),
+        ["create sft", "event JobConflict job-debug", "event StageStarted job-sft", "annotate job-sft running created"],
         id="a Job of the run with another component label: Warning only"),
     pytest.param(
-        steady(J("prepare", "complete"), J("sft"), J("sft", name="job-sft-2"), J("predict"), J("rm"), J("ppo")),
-        {"prepare"}, set(),
+        steady(J("prepare", "complete"), J("sft"), J("sft", name="job-sft-2")), {"prepare"}, set(), source(),
         ["event JobConflict job-sft", "event JobConflict job-sft-2", "event StageWaiting job-predict",
          "event StageWaiting job-rm", "event StageWaiting job-ppo"],
-        id="two Jobs claim one stage: neither is touched, downstream waits"),
+        id="two Jobs claim one stage: neither is touched, nothing is created for it, downstream waits"),
     pytest.param(
-        steady(J("prepare", "running"), J("sft", annotations={ORDER_ANNOTATION: "first"})), set(), set(),
+        steady(J("prepare", "running"), J("sft", annotations={ORDER_ANNOTATION: "first"})), set(), set(), None,
         ["event JobConflict job-sft"],
         id="unparseable order annotation: foreign"),
     pytest.param(
-        steady(J("prepare", "running"), J("sft", annotations={DEPENDS_ON_ANNOTATION: None})), set(), set(),
+        steady(J("prepare", "running"), J("sft", annotations={DEPENDS_ON_ANNOTATION: None})), set(), set(), None,
         ["event JobConflict job-sft"],
         id="missing depends-on annotation: foreign"),
     pytest.param(
-        steady(J("prepare", "complete"), J("sft"), J("sft", run="other", name="job-other-sft")), {"prepare"}, set(),
-        ["start sft", "event StageStarted job-sft", "annotate job-sft running running"],
+        steady(J("prepare", "complete"), J("sft", run="other", name="job-other-sft")), {"prepare"}, set(), source(),
+        ["create sft", "event StageStarted job-sft", "annotate job-sft running created"],
         id="another run's Job is ignored entirely"),
     pytest.param(
-        (), set(), set(), [],
-        id="no Jobs: nothing to do"),
+        steady(J("prepare", "running")), set(), set(), source(problems=("data.sft.yaml is not a batch/v1 Job",)),
+        ["event SpecInvalid t2s-r1-stages"],
+        id="an unusable spec: Warning on the ConfigMap"),
+    pytest.param(
+        (), set(), set(), None, [],
+        id="no Jobs, no specs: nothing to do"),
 ]
 
 
-@pytest.mark.parametrize(("jobs", "published", "events", "expected"), CASES)
-def test_decide_table(jobs, published, events, expected):
-    actions = decide(Observed(RUN, tuple(jobs), frozenset(published), frozenset(events)))
+@pytest.mark.parametrize(("jobs", "published", "events", "specs", "expected"), CASES)
+def test_decide_table(jobs, published, events, specs, expected):
+    actions = decide(Observed(RUN, tuple(jobs), frozenset(published), frozenset(events), specs))
     got = summary(actions)
     assert sorted(got) == sorted(expected)
-    # starts come first: they are what the next stage is waiting for
-    kinds = [isinstance(a, StartStage) for a in actions]
+    # creates come first: they are what the next stage is waiting for
+    kinds = [isinstance(a, CreateStage) for a in actions]
     assert kinds == sorted(kinds, reverse=True)
+    assert not any(isinstance(a, AnnotateJob) and "spec" in dict(a.annotations) for a in actions)
 
 
 def test_decide_is_idempotent_once_its_actions_are_reflected():
     """Applying the actions and observing again yields no new action (the level-triggered fixpoint)."""
-    jobs = [J("prepare", "complete"), J("sft"), J("predict"), J("rm"), J("ppo")]
+    jobs = [J("prepare", "complete", shown="published", recorded="running")]
     published = frozenset({"prepare"})
     events: set[tuple[str, str]] = set()
     for _ in range(3):
-        actions = decide(Observed(RUN, tuple(jobs), published, frozenset(events)))
+        actions = decide(Observed(RUN, tuple(jobs), published, frozenset(events), source()))
         for a in actions:
-            if isinstance(a, StartStage):
-                jobs = [JobView(**{**j.__dict__, "suspended": False}) if j.name == a.job else j for j in jobs]
+            if isinstance(a, CreateStage):
+                jobs.append(job_view({**a.body, "spec": {**a.body["spec"], "suspend": False}}))
             elif isinstance(a, RecordEvent):
                 events.add(a.key)
             elif isinstance(a, AnnotateJob):
                 jobs = [JobView(**{**j.__dict__, "annotations": {**j.annotations, **dict(a.annotations)}})
                         if j.name == a.job else j for j in jobs]
-    assert decide(Observed(RUN, tuple(jobs), published, frozenset(events))) == []
-    assert [j.name for j in jobs if not j.suspended] == ["job-prepare", "job-sft"]
+    assert decide(Observed(RUN, tuple(jobs), published, frozenset(events), source())) == []
+    assert [j.name for j in jobs] == ["job-prepare", "job-sft"]
 
 
-def test_start_is_conditional_on_the_observed_resource_version():
-    jobs = steady(J("prepare", "complete"), J("sft"))
-    (start,) = [a for a in decide(Observed(RUN, jobs, frozenset({"prepare"}))) if isinstance(a, StartStage)]
-    assert start == StartStage("job-sft", "sft", "7")
+def test_created_job_is_the_spec_owned_by_the_spec_configmap():
+    (create,) = [a for a in decide(Observed(RUN, (), frozenset(), frozenset(), source())) if isinstance(a, CreateStage)]
+    assert create.job == "job-prepare"
+    meta = create.body["metadata"]
+    assert meta["ownerReferences"] == [{"apiVersion": "v1", "kind": "ConfigMap", "name": "t2s-r1-stages",
+                                        "uid": "uid-specs"}]
+    assert "namespace" not in meta  # the controller's namespace
+    assert create.body["spec"] == spec_job("prepare")["spec"]  # suspend as rendered: the queue's field
+
+
+def test_created_job_carries_quantities_as_strings():
+    """The chart renders `nvidia.com/gpu: 1`; the typed client only sends string quantities."""
+    job = spec_job("prepare")
+    pod = job["spec"]["template"]["spec"]
+    pod["containers"][0]["resources"] = {"limits": {"nvidia.com/gpu": 2, "memory": "16Gi"}, "requests": {"cpu": 8}}
+    pod["volumes"] = [{"name": "work", "emptyDir": {"sizeLimit": 1000}}]
+    src = SpecSource("specs", "u", (StageSpec("prepare", 0, (), job),))
+    (create,) = [a for a in decide(Observed(RUN, (), frozenset(), frozenset(), src)) if isinstance(a, CreateStage)]
+    created = create.body["spec"]["template"]["spec"]
+    assert created["containers"][0]["resources"] == {"limits": {"nvidia.com/gpu": "2", "memory": "16Gi"},
+                                                     "requests": {"cpu": "8"}}
+    assert created["volumes"] == [{"name": "work", "emptyDir": {"sizeLimit": "1000"}}]
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 2  # the spec itself is not changed
+
+
+def test_spec_source_parses_the_configmap_and_reports_what_it_cannot_use():
+    import yaml
+
+    good = yaml.safe_dump(spec_job("sft"))
+    other_run = spec_job("rm")
+    other_run["metadata"]["labels"][RUN_LABEL] = "r2"
+    cm = {"metadata": {"name": "specs", "uid": "u1"},
+          "data": {"sft.yaml": good, "rm.yaml": yaml.safe_dump(other_run), "ppo.yaml": "kind: Pod\n",
+                   "predict.yaml": good, "broken.yaml": "{: ["}}
+    src = spec_source(cm, RUN)
+    assert (src.name, src.uid) == ("specs", "u1")
+    assert [(s.step, s.order, s.depends_on) for s in src.specs] == [("sft", 1, ("prepare",))]
+    problems = " | ".join(src.problems)
+    assert "data.rm.yaml" in problems and "'r2'" in problems
+    assert "data.ppo.yaml is not a batch/v1 Job" in problems
+    assert "data.predict.yaml" in problems and "does not match the key" in problems
+    assert "data.broken.yaml is not YAML" in problems
 
 
 def test_plan_states_and_skipped_stages():
     p = plan(Observed(RUN, steady(J("prepare", "complete"), J("sft", "failed"), J("predict"), J("rm")),
-                      frozenset({"prepare"})))
+                      frozenset({"prepare"}), source=source()))
     assert p.state is RunState.FAILED and p.failed_stage == "sft"
     assert {s.stage: s.state for s in p.stages} == {"prepare": StageState.PUBLISHED, "sft": StageState.FAILED,
-                                                    "predict": StageState.SKIPPED, "rm": StageState.SKIPPED}
+                                                    "predict": StageState.SKIPPED, "rm": StageState.SKIPPED,
+                                                    "ppo": StageState.SKIPPED}
+    assert p.stage("ppo").job is None and p.stage("ppo").job_name == "job-ppo"
     assert not p.waits_on_store
 
 

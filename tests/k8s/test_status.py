@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from tests.k8s.conftest import NAMESPACE, create_run, job_name, publish_step
+from tests.k8s.conftest import NAMESPACE, create_jobs, job_name, publish_step
 from tests.k8s.fake_apiserver import set_job_complete, set_job_failed, set_job_running, write_kubeconfig
 from text2sql_core.cli import main
 from text2sql_core.graph import STEPS
@@ -50,7 +50,7 @@ def test_status_from_the_store_alone(store):
 
 
 def test_status_cli_with_the_run_jobs(apiserver, batch, store, run_config, tmp_path, capsys):
-    create_run(batch, RUN)
+    create_jobs(batch, RUN)
     for step in ("prepare", "sft"):
         set_job_running(batch, NAMESPACE, job_name(RUN, step))
         set_job_complete(batch, NAMESPACE, job_name(RUN, step))

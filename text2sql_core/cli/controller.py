@@ -92,9 +92,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     defaults = ControllerConfig.model_fields
     p = sub.add_parser(
-        "controller", help="chain a run's stage Jobs on Kubernetes (unsuspend each when its inputs are published)",
-        description="Watch the stage Jobs of a run (label text2sql-rlhf.dev/run-id) and unsuspend each one once "
-                    "every upstream Job is Complete and its manifest is in the artifact store. A failed stage "
+        "controller", help="chain a run's stage Jobs on Kubernetes (create each when its inputs are published)",
+        description="Watch the stage Jobs of a run (label text2sql-rlhf.dev/run-id) and create each one from the "
+                    "run's spec ConfigMap once every upstream Job is Complete and its manifest is in the artifact "
+                    "store; spec.suspend is left to the Job's queue (Kueue). A failed stage "
                     "marks the run failed (annotation text2sql-rlhf.dev/run-state and a RunFailed Event) and "
                     "nothing starts after it. State lives in the cluster and the store only, so the controller "
                     "can be restarted at any time. Serves Prometheus metrics on :PORT/metrics and /healthz.")

@@ -2,13 +2,14 @@
 
 Event handlers only enqueue a run key; a single worker reconciles one run at a time:
 
-1. *observe*: a fresh list of the run's Jobs (never a cache, so a decision is never based on a
-   state older than the last write), the Events the controller already recorded for the run, and
-   which steps have a manifest in the artifact store;
+1. *observe*: a fresh list of the run's Jobs and of its spec ConfigMap (never a cache, so a
+   decision is never based on a state older than the last write), the Events the controller
+   already recorded for the run, and which steps have a manifest in the artifact store;
 2. ``decide(observed)`` (pure, see ``decide.py``);
-3. *apply*: unsuspend Jobs with a merge patch conditional on the resourceVersion they were seen at
-   (a concurrent change answers 409 and the run is simply reconciled again), record Events,
-   annotate the run state. Every write uses the field manager ``t2s-controller``.
+3. *apply*: create the Jobs whose inputs are published, from their specs (a Job that already
+   exists answers 409 and the run is simply reconciled again), record Events, annotate the run
+   state. Every write uses the field manager ``t2s-controller``; none touches ``spec.suspend``,
+   which belongs to the Job's queue (Kueue) or the Job controller.
 
 The watch is only a trigger: it resumes from the last resourceVersion, relists on 410 Gone, and
 every ``resync_s`` all known runs are reconciled anyway. API errors back off exponentially per
@@ -18,6 +19,7 @@ run. Because all state lives in the cluster (Job conditions, annotations, Events
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import json
@@ -40,14 +42,17 @@ from .decide import (
     STAGE_LABEL,
     Action,
     AnnotateJob,
+    CreateStage,
     Observed,
     Plan,
     Reason,
     RecordEvent,
-    StartStage,
+    SpecSource,
     job_view,
     plan_and_decide,
     run_selector,
+    spec_source,
+    specs_selector,
     steps_to_check,
 )
 from .metrics import ControllerMetrics
@@ -202,7 +207,7 @@ class Controller:
         loop = self._watch_loop if self.config.watch else self._stop.wait
         self._watch_thread = threading.Thread(target=loop, name="t2s-controller-watch", daemon=True)
         self._watch_thread.start()
-        if not self.config.watch and self.config.run_id is None:
+        if self.config.run_id is None:
             self._discover_runs()
         for run_id in self.known_runs():
             self.queue.add(run_id)
@@ -240,7 +245,7 @@ class Controller:
 
     # ---- watch: a trigger only -------------------------------------------------------------
 
-    def _enqueue_job(self, obj: Any) -> None:
+    def _enqueue_object(self, obj: Any) -> None:
         labels = ((obj or {}).get("metadata") or {}).get("labels") or {}
         run_id = labels.get(RUN_LABEL)
         if run_id and (self.config.run_id is None or run_id == self.config.run_id):
@@ -267,7 +272,7 @@ class Controller:
                     listed = _json(resp)
                     resource_version = listed["metadata"]["resourceVersion"]
                     for item in listed.get("items") or []:
-                        self._enqueue_job(item)
+                        self._enqueue_object(item)
                     if self.config.run_id:
                         self.queue.add(self.config.run_id)
                 w = watch.Watch()
@@ -285,7 +290,7 @@ class Controller:
                     if rv:
                         resource_version = str(rv)
                     if event.get("type") != "BOOKMARK":
-                        self._enqueue_job(raw)
+                        self._enqueue_object(raw)
                     attempt, seen = 0, seen + 1
                     if self._stop.is_set():
                         break
@@ -332,16 +337,20 @@ class Controller:
                 self._process(key)
 
     def _discover_runs(self) -> None:
-        """Every run with Jobs in the namespace (multi-run mode; the watch finds new ones sooner)."""
+        """Every run with a spec ConfigMap or Jobs in the namespace (multi-run mode). A new run has
+        no Job until the controller creates one, so its spec ConfigMap is what makes it known."""
+        timeout = self.config.request_timeout_s
         try:
-            listed = _json(self.batch.list_namespaced_job(self.config.namespace, label_selector=run_selector(None),
-                                                          _preload_content=False,
-                                                          _request_timeout=self.config.request_timeout_s))
+            specs = _json(self.core.list_namespaced_config_map(self.config.namespace,
+                                                               label_selector=specs_selector(None),
+                                                               _preload_content=False, _request_timeout=timeout))
+            jobs = _json(self.batch.list_namespaced_job(self.config.namespace, label_selector=run_selector(None),
+                                                        _preload_content=False, _request_timeout=timeout))
         except Exception as exc:  # noqa: BLE001 - the next resync tries again
             self.log.warning("listing runs failed", error=f"{type(exc).__name__}: {exc}")
             return
-        for item in listed.get("items") or []:
-            self._enqueue_job(item)
+        for item in [*(specs.get("items") or []), *(jobs.get("items") or [])]:
+            self._enqueue_object(item)
 
     def _process(self, run_id: str) -> None:
         started = time.perf_counter()
@@ -366,15 +375,31 @@ class Controller:
     # ---- one pass --------------------------------------------------------------------------
 
     def observe(self, run_id: str) -> Observed:
-        """The run's Jobs and recorded Events (fresh from the API server) and its published steps."""
+        """The run's Jobs, spec ConfigMap and recorded Events (fresh from the API server) and its
+        published steps."""
         ns = self.config.namespace
         timeout = self.config.request_timeout_s
         jobs_raw = _json(self.batch.list_namespaced_job(
             ns, label_selector=run_selector(run_id), _preload_content=False, _request_timeout=timeout))
         jobs = tuple(job_view(item) for item in jobs_raw.get("items") or [])
+        source = self._spec_source(run_id)
         events = self._recorded_events(run_id)
-        published = self.manifests.published(run_id, steps_to_check(jobs, run_id)) if jobs else frozenset()
-        return Observed(run_id, jobs, published, events)
+        steps = steps_to_check(jobs, run_id, source)
+        published = self.manifests.published(run_id, steps) if steps else frozenset()
+        return Observed(run_id, jobs, published, events, source)
+
+    def _spec_source(self, run_id: str) -> SpecSource | None:
+        """The run's spec ConfigMap, parsed; None when there is none (or, ambiguously, several)."""
+        listed = _json(self.core.list_namespaced_config_map(
+            self.config.namespace, label_selector=specs_selector(run_id), _preload_content=False,
+            _request_timeout=self.config.request_timeout_s))
+        items = listed.get("items") or []
+        if len(items) > 1:
+            names = sorted(i["metadata"]["name"] for i in items)
+            self.log.error("several spec ConfigMaps for one run: creating no Job until one is left", run=run_id,
+                           configmaps=",".join(names))
+            return None
+        return spec_source(items[0], run_id) if items else None
 
     def _recorded_events(self, run_id: str) -> frozenset[tuple[str, str]]:
         """(reason, message) of the Events this controller recorded for the run.
@@ -410,40 +435,45 @@ class Controller:
         self.metrics.observe(current)
         requeue: float | None = None
         if lost_race:
-            requeue = 0.0  # a Job changed between our list and our patch: look again at once
+            requeue = 0.0  # a Job appeared or vanished between our list and our write: look again at once
         elif current.waits_on_store:
             requeue = self.config.manifest_poll_s
         return PassResult(current, actions, requeue)
 
     def apply(self, run_id: str, actions: list[Action]) -> bool:
-        """Perform ``actions``; returns True when a start lost a race (409/404) and needs a new pass."""
+        """Perform ``actions``; returns True when a create lost a race (409/404) and needs a new pass."""
         from kubernetes.client.exceptions import ApiException
 
         ns = self.config.namespace
         timeout = self.config.request_timeout_s
         lost: set[str] = set()
+        uids: dict[str, str] = {}
         for action in actions:
-            if isinstance(action, StartStage):
-                body = {"metadata": {"resourceVersion": action.resource_version}, "spec": {"suspend": False}}
+            if isinstance(action, CreateStage):
                 try:
-                    self.batch.patch_namespaced_job(action.job, ns, body, field_manager=FIELD_MANAGER,
-                                                    _content_type=_MERGE_PATCH, _request_timeout=timeout)
+                    created = self.batch.create_namespaced_job(ns, dict(action.body), field_manager=FIELD_MANAGER,
+                                                               _request_timeout=timeout)
                 except ApiException as exc:
-                    if exc.status in (404, 409):
+                    if exc.status == 409:  # it exists already (an earlier pass, or a second controller)
                         lost.add(action.job)
-                        self.log.info("Job changed before it could be started; reconciling again", run=run_id,
-                                      stage=action.stage, job=action.job, status=exc.status)
+                        self.log.info("Job exists already; reconciling again", run=run_id, stage=action.stage,
+                                      job=action.job)
                         continue
                     raise
+                uids[action.job] = created.metadata.uid
                 self.log.info("stage started", run=run_id, stage=action.stage, job=action.job)
             elif isinstance(action, RecordEvent):
                 if action.job in lost and action.reason is Reason.STAGE_STARTED:
                     continue
+                if not action.job_uid and action.job in uids:  # the Job this pass created
+                    action = dataclasses.replace(action, job_uid=uids[action.job])
                 self.core.create_namespaced_event(ns, self._event_body(run_id, action), _request_timeout=timeout)
                 log = self.log.warning if action.type == "Warning" else self.log.info
                 log("event recorded", run=run_id, stage=action.stage, job=action.job, reason=str(action.reason),
                     message=action.message)
             elif isinstance(action, AnnotateJob):
+                if action.job in lost:
+                    continue
                 body = {"metadata": {"annotations": dict(action.annotations)}}
                 try:
                     self.batch.patch_namespaced_job(action.job, ns, body, field_manager=FIELD_MANAGER,
@@ -463,7 +493,8 @@ class Controller:
             "apiVersion": "v1",
             "kind": "Event",
             "metadata": {"generateName": f"{ev.job}.", "namespace": self.config.namespace, "labels": labels},
-            "involvedObject": {"apiVersion": "batch/v1", "kind": "Job", "name": ev.job,
+            "involvedObject": {"apiVersion": "batch/v1" if ev.kind == "Job" else "v1", "kind": ev.kind,
+                               "name": ev.job,
                                "namespace": self.config.namespace, "uid": ev.job_uid},
             "reason": str(ev.reason),
             "message": ev.message[:1024],

@@ -1,10 +1,16 @@
 """What the stage controller should do, as a pure function of what it observes.
 
-The controller is level-triggered: every pass re-reads the run's Jobs, the Events it already
-recorded and the set of published steps, and ``decide(observed)`` returns the actions that move
-the cluster towards the desired state. Nothing is remembered between passes, so a controller
-killed at any point and restarted computes the same actions from the same observations; a Job
-already unsuspended is "started" and is never patched again.
+The controller is level-triggered: every pass re-reads the run's Jobs, the run's Job specs (the
+ConfigMap the chart renders), the Events it already recorded and the set of published steps, and
+``decide(observed)`` returns the actions that move the cluster towards the desired state. Nothing
+is remembered between passes, so a controller killed at any point and restarted computes the same
+actions from the same observations.
+
+The controller **creates** each stage Job once its upstream steps are published; it never writes
+``spec.suspend``. That field belongs to whoever schedules the Job: the Job is created as the chart
+rendered it (``suspend: true`` with Kueue, which unsuspends it on admission and suspends it again on
+preemption; ``suspend: false`` without). So a queueing system and the controller never fight over
+one field, whether or not Kueue also manages Jobs without a queue label.
 
 Rules (``plan`` computes them, ``decide`` turns them into actions):
 
@@ -14,27 +20,36 @@ Rules (``plan`` computes them, ``decide`` turns them into actions):
   annotation (comma-separated upstream steps, empty for prepare). Any other Job of the run, and
   every Job of a stage claimed by more than one Job, is *foreign*: it gets a ``JobConflict``
   Warning Event and is never changed.
+* The run's *specs* (``app.kubernetes.io/component: stage-specs`` ConfigMap, one Job manifest per
+  step) say which steps the run has. A step with a spec and no Job is *pending*.
 * An upstream step is satisfied when its Job is Complete **and** its manifest is published. A step
-  that no Job of the run renders (disabled in the chart, or its Job deleted after its TTL) is
-  satisfied by its manifest alone. A Complete Job without a manifest is waited for, never trusted.
-* A suspended stage Job whose upstream steps are all satisfied is started (``spec.suspend: false``).
-* A Failed Job fails the run: nothing starts any more, the run is annotated ``failed`` with the
+  that no Job or spec of the run renders (disabled in the chart, or its Job deleted after its TTL)
+  is satisfied by its manifest alone. A Complete Job without a manifest is waited for, never trusted.
+* A pending step whose upstream steps are all satisfied, and which is not published yet, gets its
+  Job created from its spec, owned by the spec ConfigMap (``helm uninstall`` removes it). The name
+  is fixed by the spec, so a second create answers 409 and a stage never starts twice.
+* A suspended stage Job is *queued* (waiting for admission) or, when the controller last saw it
+  running, *preempted*: neither fails the run, the Job resumes from its newest checkpoint when its
+  queue admits it again, and each preemption is counted (``text2sql-rlhf.dev/preemptions``).
+* A Failed Job fails the run: nothing is created any more, the run is annotated ``failed`` with the
   failed stage, and a ``RunFailed`` Event is recorded. The failure is read back from the
   annotations too, so it survives the failed Job being garbage-collected.
 * The run state (``text2sql-rlhf.dev/run-state``: running/succeeded/failed, with
   ``text2sql-rlhf.dev/failed-stage``) is written as an annotation on **every** stage Job of the
   run, so any surviving Job tells the state. Each Job also carries the stage state the controller
   last recorded (``text2sql-rlhf.dev/stage-state``).
-* Events mark transitions of those recorded annotations (``StageStarted``, ``StageWaiting``,
-  ``StageFailed``, ``RunSucceeded``, ``RunFailed``), so each is recorded once per transition even
-  after the API server expired it. Events are recorded before the annotations are patched, and
-  one whose reason and message is already in the cluster is not recorded again, so a crash in
-  between records nothing twice. ``JobConflict`` (and a wait on a missing upstream step) repeat
-  only after the API server expired the previous Event: they need a person.
+* Events mark transitions of those recorded annotations (``StageStarted``, ``StageQueued``,
+  ``StagePreempted``, ``StageResumed``, ``StageWaiting``, ``StageFailed``, ``RunSucceeded``,
+  ``RunFailed``), so each is recorded once per transition even after the API server expired it.
+  Events are recorded before the annotations are patched, and one whose reason and message is
+  already in the cluster is not recorded again, so a crash in between records nothing twice.
+  ``JobConflict``, ``SpecInvalid`` and a wait on a missing upstream step repeat only after the API
+  server expired the previous Event: they need a person.
 """
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -48,13 +63,16 @@ __all__ = [
     "FAILED_STAGE_ANNOTATION",
     "FIELD_MANAGER",
     "ORDER_ANNOTATION",
+    "PREEMPTIONS_ANNOTATION",
     "RUN_LABEL",
     "RUN_STATE_ANNOTATION",
+    "SPECS_COMPONENT",
     "STAGE_COMPONENT",
     "STAGE_LABEL",
     "STAGE_STATE_ANNOTATION",
     "Action",
     "AnnotateJob",
+    "CreateStage",
     "EventType",
     "JobView",
     "Observed",
@@ -62,14 +80,18 @@ __all__ = [
     "Reason",
     "RecordEvent",
     "RunState",
+    "SpecSource",
     "StagePlan",
+    "StageSpec",
     "StageState",
-    "StartStage",
     "decide",
     "job_view",
     "plan",
     "plan_and_decide",
     "run_selector",
+    "spec_source",
+    "specs_selector",
+    "started_message",
     "steps_to_check",
 ]
 
@@ -77,12 +99,16 @@ RUN_LABEL = "text2sql-rlhf.dev/run-id"
 STAGE_LABEL = "text2sql-rlhf.dev/stage"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 STAGE_COMPONENT = "stage"
+#: component label of the ConfigMap holding a run's Job specs
+SPECS_COMPONENT = "stage-specs"
 ORDER_ANNOTATION = "text2sql-rlhf.dev/order"
 DEPENDS_ON_ANNOTATION = "text2sql-rlhf.dev/depends-on"
 RUN_STATE_ANNOTATION = "text2sql-rlhf.dev/run-state"
 FAILED_STAGE_ANNOTATION = "text2sql-rlhf.dev/failed-stage"
 #: the stage state the controller last recorded on a Job: Events mark its transitions
 STAGE_STATE_ANNOTATION = "text2sql-rlhf.dev/stage-state"
+#: how often the stage was stopped while running (Kueue preemption or eviction)
+PREEMPTIONS_ANNOTATION = "text2sql-rlhf.dev/preemptions"
 #: field manager of every write, so ``managedFields`` show which fields the controller owns
 FIELD_MANAGER = "t2s-controller"
 
@@ -93,17 +119,23 @@ MAX_MESSAGE = 1024
 COMPLETE_UNPUBLISHED = "is Complete but its manifest is not published"
 NO_JOB_UNPUBLISHED = "has no Job in this run and is not published"
 CLAIMED_TWICE = "is claimed by more than one Job"
+#: stage-state recorded on a Job in the pass that created it (before its scheduler had a say)
+CREATED = "created"
 
 
 class Reason(StrEnum):
     """Event reasons the controller records (constants: alerts and tests match on them)."""
 
     STAGE_STARTED = "StageStarted"
+    STAGE_QUEUED = "StageQueued"
+    STAGE_PREEMPTED = "StagePreempted"
+    STAGE_RESUMED = "StageResumed"
     STAGE_FAILED = "StageFailed"
     STAGE_WAITING = "StageWaiting"
     RUN_SUCCEEDED = "RunSucceeded"
     RUN_FAILED = "RunFailed"
     JOB_CONFLICT = "JobConflict"
+    SPEC_INVALID = "SpecInvalid"
 
 
 class EventType(StrEnum):
@@ -120,21 +152,30 @@ class RunState(StrEnum):
 class StageState(StrEnum):
     """A step's state; ``t2s status`` and the metrics use the same words."""
 
-    PENDING = "pending"  # suspended, or not started yet
-    RUNNING = "running"  # unsuspended, not finished
+    PENDING = "pending"  # no Job yet: its upstream steps are not published
+    QUEUED = "queued"  # Job created, suspended by its queue (Kueue): waits for admission
+    RUNNING = "running"  # Job not suspended, not finished
+    PREEMPTED = "preempted"  # suspended again after it ran: resumes from its checkpoint when re-admitted
     COMPLETE = "complete"  # Job Complete, manifest not (yet) in the store
     PUBLISHED = "published"  # Job Complete and manifest published: downstream may start
     FAILED = "failed"
     SKIPPED = "skipped"  # will never run: the run failed before it started
 
 
-_STARTED = frozenset({StageState.RUNNING, StageState.COMPLETE, StageState.PUBLISHED, StageState.FAILED})
-_NOT_STARTED = frozenset({None, str(StageState.PENDING), str(StageState.SKIPPED)})
+#: recorded stage states after which a Job of the stage exists (StageStarted was due)
+_NOT_CREATED = frozenset({None, str(StageState.PENDING), str(StageState.SKIPPED)})
+#: recorded stage states that make a suspended Job a preempted one
+_WAS_RUNNING = frozenset({str(StageState.RUNNING), str(StageState.PREEMPTED)})
 
 
 def run_selector(run_id: str | None) -> str:
     """Label selector of one run's Jobs, or of every run's Jobs when ``run_id`` is None."""
     return f"{RUN_LABEL}={run_id}" if run_id else RUN_LABEL
+
+
+def specs_selector(run_id: str | None) -> str:
+    """Label selector of one run's spec ConfigMap (or every run's)."""
+    return f"{run_selector(run_id)},{COMPONENT_LABEL}={SPECS_COMPONENT}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -204,18 +245,80 @@ def job_view(obj: Mapping[str, Any]) -> JobView:
     )
 
 
+@dataclass(frozen=True)
+class StageSpec:
+    """One step's Job manifest as the chart rendered it (the controller creates it verbatim)."""
+
+    step: str
+    order: int
+    depends_on: tuple[str, ...]
+    job: Mapping[str, Any]
+
+    @property
+    def job_name(self) -> str:
+        return str(self.job["metadata"]["name"])
+
+
+@dataclass(frozen=True)
+class SpecSource:
+    """The ConfigMap holding a run's Job specs; created Jobs are owned by it."""
+
+    name: str
+    uid: str
+    specs: tuple[StageSpec, ...] = ()
+    #: entries that are not a usable stage Job spec, each with why (they are never created)
+    problems: tuple[str, ...] = ()
+
+    def spec(self, step: str) -> StageSpec | None:
+        return next((s for s in self.specs if s.step == step), None)
+
+
+def spec_source(configmap: Mapping[str, Any], run_id: str) -> SpecSource:
+    """Parse the spec ConfigMap (``data.<step>.yaml``: a batch/v1 Job of that step of ``run_id``)."""
+    import yaml
+
+    meta = configmap.get("metadata") or {}
+    specs: list[StageSpec] = []
+    problems: list[str] = []
+    for key, text in sorted((configmap.get("data") or {}).items()):
+        step = key.removesuffix(".yaml")
+        where = f"data.{key}"
+        try:
+            job = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            problems.append(f"{where} is not YAML: {exc}".replace("\n", " "))
+            continue
+        if not isinstance(job, dict) or job.get("apiVersion") != "batch/v1" or job.get("kind") != "Job":
+            problems.append(f"{where} is not a batch/v1 Job")
+            continue
+        view = job_view(job)
+        issues, order, deps = _problems(view)
+        if not key.endswith(".yaml") or view.stage != step:
+            issues.append(f"its {STAGE_LABEL} label {view.stage!r} does not match the key")
+        if view.labels.get(RUN_LABEL) != run_id:
+            issues.append(f"its {RUN_LABEL} label {view.labels.get(RUN_LABEL)!r} is not {run_id!r}")
+        if not view.name:
+            issues.append("metadata.name is missing")
+        if issues:
+            problems.append(f"{where}: " + "; ".join(issues))
+            continue
+        specs.append(StageSpec(step, order, deps, job))
+    return SpecSource(str(meta.get("name", "")), str(meta.get("uid", "")), tuple(specs), tuple(problems))
+
+
 #: (reason, message) of an Event already recorded; the same pair is never recorded twice
 EventKey = tuple[str, str]
 
 
 @dataclass(frozen=True)
 class Observed:
-    """Everything one reconcile pass looks at: the run's Jobs, its published steps, its Events."""
+    """Everything one reconcile pass looks at: the run's Jobs and specs, its published steps, its Events."""
 
     run_id: str
     jobs: tuple[JobView, ...] = ()
     published: frozenset[str] = frozenset()
     events: frozenset[EventKey] = frozenset()
+    source: SpecSource | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -226,20 +329,32 @@ class Observed:
 @dataclass(frozen=True)
 class StagePlan:
     stage: str
-    job: JobView
+    job: JobView | None  # None: no Job yet (only a spec)
     order: int
     depends_on: tuple[str, ...]
     state: StageState
     #: upstream steps not satisfied yet, each with why
     blocked_by: tuple[tuple[str, str], ...] = ()
+    spec: StageSpec | None = None
+
+    @property
+    def job_name(self) -> str:
+        if self.job is not None:
+            return self.job.name
+        return self.spec.job_name if self.spec is not None else ""
+
+    @property
+    def preemptions(self) -> int:
+        raw = (self.job.annotations if self.job is not None else {}).get(PREEMPTIONS_ANNOTATION, "0")
+        return int(raw) if str(raw).isdigit() else 0
 
 
 @dataclass(frozen=True)
 class Plan:
     run_id: str
-    state: RunState | None  # None: no Job of the run exists (nothing to manage)
+    state: RunState | None  # None: neither a Job nor a spec of the run exists (nothing to manage)
     failed_stage: str | None
-    stages: tuple[StagePlan, ...]  # stage Jobs, by order
+    stages: tuple[StagePlan, ...]  # stage Jobs and specs, by order
     foreign: tuple[tuple[JobView, str], ...]  # (job, what is wrong with it)
     published: frozenset[str]
 
@@ -256,8 +371,8 @@ class Plan:
 
     @property
     def anchor(self) -> StagePlan | None:
-        """The stage Job run-level Events are recorded on: the first by order."""
-        return self.stages[0] if self.stages else None
+        """The stage Job run-level Events are recorded on: the first existing one by order."""
+        return next((s for s in self.stages if s.job is not None), None)
 
 
 def _problems(job: JobView) -> tuple[list[str], int, tuple[str, ...]]:
@@ -296,9 +411,11 @@ def _job_state(job: JobView, published: frozenset[str], recorded_failed: set[str
         return StageState.FAILED
     if job.complete:
         return StageState.PUBLISHED if job.stage in published else StageState.COMPLETE
-    if not job.suspended or job.active > 0:
-        return StageState.RUNNING
-    return StageState.PENDING
+    if job.suspended:
+        # suspended by its queue: before it ever ran it waits, after it ran it was preempted
+        recorded = job.annotations.get(STAGE_STATE_ANNOTATION)
+        return StageState.PREEMPTED if recorded in _WAS_RUNNING else StageState.QUEUED
+    return StageState.RUNNING
 
 
 def plan(observed: Observed) -> Plan:
@@ -323,12 +440,18 @@ def plan(observed: Observed) -> Plan:
             foreign.extend((j, f"{len(claims)} Jobs claim stage {stage!r} ({names})") for j, _, _ in claims)
         else:
             valid.append(claims[0])
-    valid.sort(key=lambda c: (c[1], c[0].stage))
+    source = observed.source
+    specs = {s.step: s for s in (source.specs if source is not None else ())}
+    with_job = {j.stage for j, _, _ in valid}
+    spec_only = [s for step, s in specs.items() if step not in with_job and step not in conflicted]
 
     # A failure recorded in the annotations outlives the failed Job (ttlSecondsAfterFinished).
     recorded_failed = {j.annotations.get(FAILED_STAGE_ANNOTATION, "") for j, _, _ in valid
                        if j.annotations.get(RUN_STATE_ANNOTATION) == RunState.FAILED} - {""}
     states = {j.stage: _job_state(j, observed.published, recorded_failed) for j, _, _ in valid}
+    for s in spec_only:
+        states[s.step] = (StageState.PUBLISHED if s.step in observed.published
+                          else StageState.FAILED if s.step in recorded_failed else StageState.PENDING)
 
     def blocked(dep: str) -> str | None:  # why ``dep`` does not let its downstream start yet
         if dep in states:
@@ -349,17 +472,20 @@ def plan(observed: Observed) -> Plan:
     failed_stage = (still_failed_recorded[0] if still_failed_recorded
                     else failed_jobs[0] if failed_jobs else None)
 
+    entries: list[tuple[str, JobView | None, int, tuple[str, ...]]] = [(j.stage, j, o, d) for j, o, d in valid]
+    entries += [(s.step, None, s.order, s.depends_on) for s in spec_only]
+    entries.sort(key=lambda e: (e[2], e[0]))
     stages: list[StagePlan] = []
-    for job, order, deps in valid:
-        state = states[job.stage]
-        if failed_stage is not None and state is StageState.PENDING:
+    for stage, job, order, deps in entries:
+        state = states[stage]
+        if failed_stage is not None and state in (StageState.PENDING, StageState.QUEUED):
             state = StageState.SKIPPED
         waits = tuple((d, why) for d in deps if (why := blocked(d)) is not None)
-        stages.append(StagePlan(job.stage, job, order, deps, state, waits))
+        stages.append(StagePlan(stage, job, order, deps, state, waits, specs.get(stage)))
 
     if failed_stage is not None:
         run_state: RunState | None = RunState.FAILED
-    elif not valid and not conflicted:
+    elif not stages and not conflicted:
         run_state = None
     elif (not conflicted and all(s.state is StageState.PUBLISHED for s in stages)
           and not any(s.blocked_by for s in stages)):
@@ -375,12 +501,12 @@ def plan(observed: Observed) -> Plan:
 
 
 @dataclass(frozen=True)
-class StartStage:
-    """Patch ``spec.suspend: false`` on the Job, conditional on the resourceVersion it was seen at."""
+class CreateStage:
+    """Create the step's Job from its spec (owned by the spec ConfigMap); 409 means it exists."""
 
     job: str
     stage: str
-    resource_version: str
+    body: Mapping[str, Any] = field(compare=False, repr=False, default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -394,7 +520,7 @@ class AnnotateJob:
 
 @dataclass(frozen=True)
 class RecordEvent:
-    """Record a core/v1 Event about a Job of the run."""
+    """Record a core/v1 Event about an object of the run (a stage Job, or the spec ConfigMap)."""
 
     job: str
     job_uid: str
@@ -402,26 +528,61 @@ class RecordEvent:
     reason: Reason
     type: EventType
     message: str
+    kind: str = "Job"
 
     @property
     def key(self) -> EventKey:
         return (str(self.reason), self.message)
 
 
-Action = StartStage | AnnotateJob | RecordEvent
+Action = CreateStage | AnnotateJob | RecordEvent
 
 
 def _event(sp_or_job: StagePlan | JobView, reason: Reason, type_: EventType, message: str) -> RecordEvent:
-    job = sp_or_job.job if isinstance(sp_or_job, StagePlan) else sp_or_job
-    return RecordEvent(job.name, job.uid, job.stage, reason, type_, message[:MAX_MESSAGE])
+    if isinstance(sp_or_job, StagePlan):
+        job = sp_or_job.job
+        name, uid, stage = sp_or_job.job_name, job.uid if job is not None else "", sp_or_job.stage
+    else:
+        name, uid, stage = sp_or_job.name, sp_or_job.uid, sp_or_job.stage
+    return RecordEvent(name, uid, stage, reason, type_, message[:MAX_MESSAGE])
 
 
 def started_message(stage: str, job: str) -> str:
-    return f"stage {stage} started (Job {job})"
+    return f"stage {stage} started (Job {job} created)"
+
+
+def _quantities_as_strings(pod: dict[str, Any]) -> None:
+    """Resource quantities as strings (``gpus: 1`` renders ``nvidia.com/gpu: 1``): the API server takes
+    either, but the typed client validates a Job's quantities as strings and would refuse the create."""
+    def fix(mapping: Any) -> None:
+        if isinstance(mapping, dict):
+            for key, value in mapping.items():
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    mapping[key] = str(value)
+
+    for container in [*(pod.get("containers") or ()), *(pod.get("initContainers") or ())]:
+        resources = container.get("resources") or {}
+        fix(resources.get("limits"))
+        fix(resources.get("requests"))
+    fix(pod.get("overhead"))
+    for volume in pod.get("volumes") or ():
+        empty_dir = volume.get("emptyDir")
+        if isinstance(empty_dir, dict) and isinstance(empty_dir.get("sizeLimit"), int | float):
+            empty_dir["sizeLimit"] = str(empty_dir["sizeLimit"])
+
+
+def _created_body(spec: StageSpec, source: SpecSource) -> dict[str, Any]:
+    """The spec as a create request: owned by the spec ConfigMap, so uninstalling the release removes it."""
+    body = copy.deepcopy(dict(spec.job))
+    meta = body.setdefault("metadata", {})
+    meta.pop("namespace", None)
+    meta["ownerReferences"] = [{"apiVersion": "v1", "kind": "ConfigMap", "name": source.name, "uid": source.uid}]
+    _quantities_as_strings(((body.get("spec") or {}).get("template") or {}).get("spec") or {})
+    return body
 
 
 def decide(observed: Observed) -> list[Action]:
-    """The actions that move the run towards its desired state; starts come first (latency)."""
+    """The actions that move the run towards its desired state; creates come first (latency)."""
     return plan_and_decide(observed)[1]
 
 
@@ -429,28 +590,57 @@ def plan_and_decide(observed: Observed) -> tuple[Plan, list[Action]]:
     """``plan(observed)`` and the actions ``decide`` derives from it, computed once."""
     p = plan(observed)
     run_id = p.run_id
-    starts: list[Action] = []
+    source = observed.source
+    creates: list[Action] = []
     events: list[RecordEvent] = []
-    stage_states: dict[str, StageState] = {}  # each stage Job's state once this pass is applied
+    recorded_after: dict[str, tuple[str, int]] = {}  # Job name -> (stage state, preemptions) once applied
 
     for job, problem in p.foreign:
         events.append(_event(job, Reason.JOB_CONFLICT, EventType.WARNING,
                              f"Job {job.name} of run {run_id} is not a stage Job the controller can manage: "
                              f"{problem}; it is left untouched"))
+    if source is not None:
+        for problem in source.problems:
+            events.append(RecordEvent(source.name, source.uid, "", Reason.SPEC_INVALID, EventType.WARNING,
+                                      f"ConfigMap {source.name} holds a Job spec the controller cannot create: "
+                                      f"{problem}"[:MAX_MESSAGE], kind="ConfigMap"))
     for sp in p.stages:
-        name = sp.job.name
         state = sp.state
+        ready = state is StageState.PENDING and not sp.blocked_by and p.state is RunState.RUNNING
+        if sp.job is None:
+            if ready and sp.spec is not None and source is not None:
+                creates.append(CreateStage(sp.job_name, sp.stage, _created_body(sp.spec, source)))
+                events.append(_event(sp, Reason.STAGE_STARTED, EventType.NORMAL,
+                                     started_message(sp.stage, sp.job_name)))
+                recorded_after[sp.job_name] = (CREATED, 0)
+            elif state is StageState.PENDING and p.state is RunState.RUNNING:
+                for dep, why in sp.blocked_by:
+                    if why in (NO_JOB_UNPUBLISHED, CLAIMED_TWICE):  # needs a person: say it (again after expiry)
+                        events.append(_event(sp, Reason.STAGE_WAITING, EventType.NORMAL,
+                                             f"stage {sp.stage} waits for upstream step {dep}, which {why}"))
+            continue
+        name = sp.job.name
         recorded = sp.job.annotations.get(STAGE_STATE_ANNOTATION)
-        begun = not sp.job.suspended or sp.job.active > 0
-        if state is StageState.PENDING and not sp.blocked_by and p.state is RunState.RUNNING:
-            starts.append(StartStage(name, sp.stage, sp.job.resource_version))
-            state, begun = StageState.RUNNING, True
+        preemptions = sp.preemptions
         # Stage Events mark transitions of the recorded stage-state annotation, so an Event is
         # recorded once per transition even after the API server has expired the first one.
         if str(state) != recorded:
-            if state in _STARTED and recorded in _NOT_STARTED and begun:
+            if recorded in _NOT_CREATED and state is not StageState.SKIPPED:
                 events.append(_event(sp, Reason.STAGE_STARTED, EventType.NORMAL, started_message(sp.stage, name)))
-            if state is StageState.COMPLETE:
+            if state is StageState.QUEUED:
+                events.append(_event(sp, Reason.STAGE_QUEUED, EventType.NORMAL,
+                                     f"stage {sp.stage} waits for admission: Job {name} is suspended by its queue "
+                                     "(Kueue) or another scheduler, which owns spec.suspend"))
+            elif state is StageState.PREEMPTED:
+                preemptions += 1
+                events.append(_event(sp, Reason.STAGE_PREEMPTED, EventType.NORMAL,
+                                     f"stage {sp.stage} was stopped while running (preemption {preemptions}: Job "
+                                     f"{name} suspended by its queue); it resumes from its newest checkpoint "
+                                     "when admitted again"))
+            elif state is StageState.RUNNING and recorded == StageState.PREEMPTED:
+                events.append(_event(sp, Reason.STAGE_RESUMED, EventType.NORMAL,
+                                     f"stage {sp.stage} runs again after preemption {preemptions} (Job {name})"))
+            elif state is StageState.COMPLETE:
                 events.append(_event(sp, Reason.STAGE_WAITING, EventType.NORMAL,
                                      f"Job {name} is Complete but runs/{run_id}/{sp.stage}/_manifest.json is not "
                                      "in the artifact store; downstream stages wait for it"))
@@ -458,28 +648,31 @@ def plan_and_decide(observed: Observed) -> tuple[Plan, list[Action]]:
                 why = f": {sp.job.failure}" if sp.job.failure else ""
                 events.append(_event(sp, Reason.STAGE_FAILED, EventType.WARNING,
                                      f"stage {sp.stage} failed (Job {name}){why}"))
-        if state is StageState.PENDING and p.state is RunState.RUNNING:
-            for dep, why in sp.blocked_by:
-                if why in (NO_JOB_UNPUBLISHED, CLAIMED_TWICE):  # needs a person: say it (again after expiry)
-                    events.append(_event(sp, Reason.STAGE_WAITING, EventType.NORMAL,
-                                         f"stage {sp.stage} waits for upstream step {dep}, which {why}"))
-        stage_states[name] = state
+        recorded_after[name] = (str(state), preemptions)
 
     anchor = p.anchor
     annotations: list[Action] = []
-    if p.state is not None and anchor is not None:
-        if anchor.job.annotations.get(RUN_STATE_ANNOTATION) != str(p.state):
-            if p.state is RunState.SUCCEEDED:
-                events.append(_event(anchor, Reason.RUN_SUCCEEDED, EventType.NORMAL,
-                                     f"run {run_id} succeeded: {len(p.stages)} stages complete and published"))
-            elif p.state is RunState.FAILED:
-                events.append(_event(anchor, Reason.RUN_FAILED, EventType.WARNING,
-                                     f"run {run_id} failed at stage {p.failed_stage}; no further stage will start"))
+    if (p.state is not None and anchor is not None and anchor.job is not None
+            and anchor.job.annotations.get(RUN_STATE_ANNOTATION) != str(p.state)):
+        if p.state is RunState.SUCCEEDED:
+            events.append(_event(anchor, Reason.RUN_SUCCEEDED, EventType.NORMAL,
+                                 f"run {run_id} succeeded: {len(p.stages)} stages complete and published"))
+        elif p.state is RunState.FAILED:
+            events.append(_event(anchor, Reason.RUN_FAILED, EventType.WARNING,
+                                 f"run {run_id} failed at stage {p.failed_stage}; no further stage will start"))
+    if p.state is not None:
         for sp in p.stages:
-            wanted = {RUN_STATE_ANNOTATION: str(p.state), FAILED_STAGE_ANNOTATION: p.failed_stage,
-                      STAGE_STATE_ANNOTATION: str(stage_states[sp.job.name])}
-            if {k: sp.job.annotations.get(k) for k in wanted} != wanted:
-                annotations.append(AnnotateJob(sp.job.name, sp.stage, tuple(sorted(wanted.items()))))
+            if sp.job_name not in recorded_after:
+                continue
+            stage_state, preemptions = recorded_after[sp.job_name]
+            wanted: dict[str, str | None] = {RUN_STATE_ANNOTATION: str(p.state),
+                                             FAILED_STAGE_ANNOTATION: p.failed_stage,
+                                             STAGE_STATE_ANNOTATION: stage_state}
+            if preemptions:
+                wanted[PREEMPTIONS_ANNOTATION] = str(preemptions)
+            current = sp.job.annotations if sp.job is not None else {}
+            if sp.job is None or {k: current.get(k) for k in wanted} != wanted:
+                annotations.append(AnnotateJob(sp.job_name, sp.stage, tuple(sorted(wanted.items()))))
 
     # An Event already in the cluster (e.g. recorded just before a restart) is not recorded again;
     # annotations come last, so a crash in between is caught by this check.
@@ -489,11 +682,11 @@ def plan_and_decide(observed: Observed) -> tuple[Plan, list[Action]]:
         if ev.key not in seen:
             seen.add(ev.key)
             fresh.append(ev)
-    return p, [*starts, *fresh, *annotations]
+    return p, [*creates, *fresh, *annotations]
 
 
-def steps_to_check(jobs: Iterable[JobView], run_id: str) -> set[str]:
-    """Steps whose manifests a pass must look up: every stage label and every upstream step."""
+def steps_to_check(jobs: Iterable[JobView], run_id: str, source: SpecSource | None = None) -> set[str]:
+    """Steps whose manifests a pass must look up: every stage label, spec and upstream step."""
     steps: set[str] = set()
     for job in jobs:
         if job.labels.get(RUN_LABEL) != run_id:
@@ -502,4 +695,7 @@ def steps_to_check(jobs: Iterable[JobView], run_id: str) -> set[str]:
             steps.add(job.stage)
         deps = job.annotations.get(DEPENDS_ON_ANNOTATION) or ""
         steps.update(d.strip() for d in deps.split(",") if _STEP_RE.match(d.strip()))
+    for spec in source.specs if source is not None else ():
+        steps.add(spec.step)
+        steps.update(spec.depends_on)
     return steps

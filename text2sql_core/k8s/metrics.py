@@ -6,7 +6,8 @@ number-to-state table. Each controller gets its own registry, which keeps tests 
 controllers in one process independent.
 
     t2s_run_state{run,state}                 1 for the run's current state (running/succeeded/failed)
-    t2s_stage_state{run,stage,state}         1 for the stage's current state (pending/.../skipped)
+    t2s_stage_state{run,stage,state}         1 for the stage's current state (pending, queued, running,
+                                             preempted, complete, published, failed, skipped)
     t2s_stage_duration_seconds{run,stage}    Job run time: completion - start (now - start while running)
     t2s_stage_transitions_total{run,stage,to} stage state changes seen by this controller process
     t2s_controller_reconciles_total{result}  reconcile passes (ok / error)
@@ -78,7 +79,7 @@ class ControllerMetrics:
                 for state in StageState:
                     self.stage_state.labels(run=run, stage=sp.stage, state=str(state)).set(
                         1 if sp.state is state else 0)
-                start = sp.job.start_time
+                start = sp.job.start_time if sp.job is not None else None
                 if start is not None:
                     end = sp.job.completion_time or now
                     self.stage_duration.labels(run=run, stage=sp.stage).set(max(0.0, (end - start).total_seconds()))

@@ -17,7 +17,7 @@ from typing import Any
 
 from .decide import Observed, RunState, StageState, job_view, plan
 
-__all__ = ["RunStatus", "StepStatus", "collect_status", "format_status", "key_metrics"]
+__all__ = ["RunStatus", "StepStatus", "collect_status", "format_status", "key_metrics", "newest_checkpoint"]
 
 #: metric-name tokens shown in the table (``ex``, ``em``, ``train_loss``, ``reward_mean``, ``rm_accuracy``)
 KEY_METRIC_TOKENS = frozenset({"ex", "em", "loss", "reward", "accuracy", "acc"})
@@ -77,6 +77,15 @@ def _store_state(store: Any, run_id: str, step: str) -> tuple[str, float | None,
     return StageState.PENDING, None, {}, ""
 
 
+def newest_checkpoint(store: Any, run_id: str, step: str) -> int | None:
+    """Training step of the step's newest complete checkpoint (its ``_manifest.json`` exists), or None."""
+    prefix = f"runs/{run_id}/{step}/_checkpoints/"
+    steps = [int(parts[0]) for info in store.list(prefix)
+             if len(parts := info.key[len(prefix):].split("/")) == 2 and parts[1] == "_manifest.json"
+             and parts[0].isdigit()]
+    return max(steps) if steps else None
+
+
 def collect_status(run_id: str, store: Any, *, steps: Sequence[str],
                    jobs: Sequence[Mapping[str, Any]] | None = None, now: datetime | None = None) -> RunStatus:
     """The status of ``run_id``: ``steps`` in order (plus any other stage a Job renders).
@@ -105,9 +114,11 @@ def collect_status(run_id: str, store: Any, *, steps: Sequence[str],
     rows = []
     for step, (st, duration, metrics, note) in from_store.items():
         sp = p.stage(step)
-        if sp is None:
+        if sp is None or sp.job is None:
+            if st == StageState.PENDING and p.state is RunState.FAILED:
+                st = StageState.SKIPPED
             rows.append(StepStatus(step, str(st), duration, metrics,
-                                   note=note or "no Job in this run; state from the store"))
+                                   note=note or "no Job yet; state from the store"))
             continue
         if duration is None and sp.job.start_time is not None:
             duration = ((sp.job.completion_time or now) - sp.job.start_time).total_seconds()
@@ -115,6 +126,12 @@ def collect_status(run_id: str, store: Any, *, steps: Sequence[str],
             note = "Job Complete, manifest not in the store yet"
         elif sp.state is StageState.FAILED and sp.job.failure:
             note = sp.job.failure
+        elif sp.state is StageState.QUEUED:
+            note = "suspended by its queue (Kueue): waits for admission"
+        elif sp.state is StageState.PREEMPTED:
+            newest = newest_checkpoint(store, run_id, step)
+            resume = f"step {newest}" if newest is not None else "the start (no checkpoint yet)"
+            note = (f"preempted {sp.preemptions}x: resumes from {resume} when admitted again")
         elif sp.blocked_by and sp.state in (StageState.PENDING, StageState.SKIPPED):
             note = "waits for " + ", ".join(dep for dep, _ in sp.blocked_by)
         rows.append(StepStatus(step, str(sp.state), duration, metrics, job=sp.job.name, note=note))

@@ -148,6 +148,50 @@ Arguments: dict root image.
 {{- end }}
 
 {{/*
+Name of the ConfigMap holding the run's Job specs (one per step), which the controller creates the
+stage Jobs from; the Jobs are owned by it.
+*/}}
+{{- define "text2sql-rlhf.jobSpecsName" -}}
+{{- printf "%s-%s-stages" (include "text2sql-rlhf.fullname" .) .Values.runId }}
+{{- end }}
+
+{{/*
+Does the controller create the stage Jobs (whole run with the controller)? Otherwise the Jobs are
+rendered directly: one Job in single-stage mode, or every Job for chaining by hand.
+*/}}
+{{- define "text2sql-rlhf.controllerCreatesJobs" -}}
+{{- if and (not .Values.stage) .Values.controller.enabled }}true{{ end }}
+{{- end }}
+
+{{/*
+A step's Kueue settings: kueue.queueName / kueue.priorityClass, with kueue.stages.<step> merged
+over them. Returned as JSON (queueName, priorityClass, enabled). Arguments: dict root step.
+*/}}
+{{- define "text2sql-rlhf.kueueSettings" -}}
+{{- $k := .root.Values.kueue }}
+{{- $base := dict "enabled" $k.enabled "queueName" $k.queueName "priorityClass" $k.priorityClass }}
+{{- $override := index ($k.stages | default dict) .step | default dict }}
+{{- mustMergeOverwrite $base (deepCopy $override) | toJson }}
+{{- end }}
+
+{{/*
+Kueue labels of a step's Job: the LocalQueue that admits it and its WorkloadPriorityClass. Nothing
+when Kueue is off for the step. Arguments: dict root step.
+*/}}
+{{- define "text2sql-rlhf.kueueLabels" -}}
+{{- $k := include "text2sql-rlhf.kueueSettings" . | fromJson }}
+{{- if $k.enabled }}
+{{- if not $k.queueName }}
+{{- fail (printf "kueue.enabled is true but step %s has no queue: set kueue.queueName (or kueue.stages.%s.queueName) to a LocalQueue of the namespace" .step .step) }}
+{{- end }}
+kueue.x-k8s.io/queue-name: {{ $k.queueName | quote }}
+{{- with $k.priorityClass }}
+kueue.x-k8s.io/priority-class: {{ . | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
 Controller ServiceAccount name.
 */}}
 {{- define "text2sql-rlhf.controllerServiceAccountName" -}}
@@ -218,6 +262,23 @@ template so they run once per render.
 {{- end }}
 {{- $root := . }}
 {{- $steps := include "text2sql-rlhf.steps" . | fromYamlArray }}
+{{- $stepNames := list }}
+{{- range $steps }}{{ $stepNames = append $stepNames .name }}{{ end }}
+{{- if and .Values.stage (not (has (toString .Values.stage) $stepNames)) }}
+{{- fail (printf "stage %q is not a step of this run's graph (runConfig.rl.algorithm decides whether rm_data and rm run)" .Values.stage) }}
+{{- end }}
+{{- $anyGraph := list }}
+{{- range $_, $graph := include "text2sql-rlhf.graphs" . | fromYaml }}
+{{- range $graph }}{{ $anyGraph = append $anyGraph .name }}{{ end }}
+{{- end }}
+{{- range $name, $_ := .Values.kueue.stages | default dict }}
+{{- if not (has $name $anyGraph) }}
+{{- fail (printf "kueue.stages.%s: no such step; steps are %s" $name (join ", " ($anyGraph | uniq))) }}
+{{- end }}
+{{- end }}
+{{- if and .Values.kueue.enabled (not .Values.stage) (not .Values.controller.enabled) }}
+{{- fail "kueue.enabled needs controller.enabled in whole-run mode: chaining by hand means unsuspending Jobs, and Kueue owns spec.suspend of the Jobs it queues" }}
+{{- end }}
 {{- range $steps }}
 {{- $step := .name }}
 {{- $s := include "text2sql-rlhf.stepSettings" (dict "root" $root "step" $step) | fromJson }}

@@ -1,22 +1,14 @@
 {{/*
-One step's Job (plus, for a multi-node step, the headless Service its pods rendezvous through).
-Each templates/job-<step>.yaml includes this with its step name. Arguments: dict root step.
+One step's Job, as a YAML document. templates/stages.yaml renders it once per step: into the spec
+ConfigMap the controller creates the Jobs from (whole run), or directly (single stage, or a whole
+run chained by hand). Arguments: dict root step (an entry of text2sql-rlhf.steps) order suspend.
 */}}
 {{- define "text2sql-rlhf.stageJob" -}}
 {{- $root := .root }}
-{{- $stepName := .step }}
-{{- $step := dict }}
-{{- $order := 0 }}
-{{- range $i, $candidate := include "text2sql-rlhf.steps" $root | fromYamlArray }}
-{{- if eq $candidate.name $stepName }}
-{{- $step = $candidate }}
-{{- $order = $i }}
-{{- end }}
-{{- end }}
-{{- if and (not $step) (eq (toString $root.Values.stage) $stepName) }}
-{{- fail (printf "stage %q is not a step of this run's graph (runConfig.rl.algorithm decides whether rm_data and rm run)" $stepName) }}
-{{- end }}
-{{- if and $step (include "text2sql-rlhf.stepRendered" (dict "root" $root "step" $stepName)) }}
+{{- $step := .step }}
+{{- $stepName := $step.name }}
+{{- $order := .order }}
+{{- $suspend := .suspend }}
 {{- $s := include "text2sql-rlhf.stepSettings" (dict "root" $root "step" $stepName) | fromJson }}
 {{- $gpus := int $s.gpus }}
 {{- $nodes := int $s.nodes }}
@@ -24,8 +16,6 @@ Each templates/job-<step>.yaml includes this with its step name. Arguments: dict
 {{- fail (printf "stages.%s.nodes is %d but gpus is %d: a multi-node step needs gpus >= 1 (torchrun runs one process per GPU)" $stepName $nodes $gpus) }}
 {{- end }}
 {{- $jobName := include "text2sql-rlhf.jobName" (dict "root" $root "step" $stepName "nodes" $nodes) }}
-{{- /* whole run: only steps without upstream steps start at once; the controller unsuspends the rest */}}
-{{- $suspend := and (not $root.Values.stage) (gt (len $step.dependsOn) 0) }}
 {{- $image := mustMergeOverwrite (deepCopy $root.Values.image) (deepCopy ($s.image | default dict)) }}
 {{- $workdir := $root.Values.runConfig.workdir }}
 {{- $stageArgs := list "stage" "run" $stepName "--config" "/etc/t2s/run.yaml" }}
@@ -50,29 +40,6 @@ Each templates/job-<step>.yaml includes this with its step name. Arguments: dict
 {{- $tolerations = concat $tolerations ($root.Values.gpuTolerations | default list) }}
 {{- end }}
 {{- $stageLabels := dict "app.kubernetes.io/component" "stage" "text2sql-rlhf.dev/stage" $stepName }}
-{{- if gt $nodes 1 }}
-apiVersion: v1
-kind: Service
-metadata:
-  name: {{ $jobName }}
-  labels:
-    {{- include "text2sql-rlhf.labels" $root | nindent 4 }}
-    {{- toYaml $stageLabels | nindent 4 }}
-spec:
-  # headless: gives each pod of the Indexed Job a DNS name, <job>-<index>.<service>
-  clusterIP: None
-  # the rendezvous address must resolve before the pods are ready
-  publishNotReadyAddresses: true
-  selector:
-    app.kubernetes.io/instance: {{ $root.Release.Name }}
-    text2sql-rlhf.dev/run-id: {{ $root.Values.runId | quote }}
-    text2sql-rlhf.dev/stage: {{ $stepName }}
-  ports:
-    - name: rendezvous
-      port: {{ $root.Values.distributed.masterPort }}
-      targetPort: rendezvous
----
-{{- end }}
 apiVersion: batch/v1
 kind: Job
 metadata:
@@ -80,6 +47,9 @@ metadata:
   labels:
     {{- include "text2sql-rlhf.labels" $root | nindent 4 }}
     {{- toYaml $stageLabels | nindent 4 }}
+    {{- with include "text2sql-rlhf.kueueLabels" (dict "root" $root "step" $stepName) }}
+    {{- . | nindent 4 }}
+    {{- end }}
   annotations:
     text2sql-rlhf.dev/order: {{ $order | quote }}
     text2sql-rlhf.dev/depends-on: {{ join "," $step.dependsOn | quote }}
@@ -260,5 +230,40 @@ spec:
           emptyDir:
             medium: Memory
             sizeLimit: {{ $s.shmSize }}
+{{- end }}
+
+{{/*
+The headless Service a multi-node step's pods rendezvous through (nothing for a single-pod step).
+Rendered directly by the release: it holds no scheduling state. Arguments: dict root step.
+*/}}
+{{- define "text2sql-rlhf.stageService" -}}
+{{- $root := .root }}
+{{- $stepName := .step.name }}
+{{- $s := include "text2sql-rlhf.stepSettings" (dict "root" $root "step" $stepName) | fromJson }}
+{{- $nodes := int $s.nodes }}
+{{- if gt $nodes 1 }}
+{{- $jobName := include "text2sql-rlhf.jobName" (dict "root" $root "step" $stepName "nodes" $nodes) }}
+{{- $stageLabels := dict "app.kubernetes.io/component" "stage" "text2sql-rlhf.dev/stage" $stepName }}
+apiVersion: v1
+kind: Service
+metadata:
+  name: {{ $jobName }}
+  labels:
+    {{- include "text2sql-rlhf.labels" $root | nindent 4 }}
+    {{- toYaml $stageLabels | nindent 4 }}
+spec:
+  # headless: gives each pod of the Indexed Job a DNS name, <job>-<index>.<service>
+  clusterIP: None
+  # the rendezvous address must resolve before the pods are ready
+  publishNotReadyAddresses: true
+  selector:
+    app.kubernetes.io/instance: {{ $root.Release.Name }}
+    text2sql-rlhf.dev/run-id: {{ $root.Values.runId | quote }}
+    text2sql-rlhf.dev/stage: {{ $stepName }}
+  ports:
+    - name: rendezvous
+      port: {{ $root.Values.distributed.masterPort }}
+      targetPort: rendezvous
+
 {{- end }}
 {{- end }}
