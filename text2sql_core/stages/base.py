@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from .. import distributed
 from ..config_base import StageConfigBase
 from ..errors import BadInput
 from ..graph import Step, get_step
@@ -78,6 +79,8 @@ class CheckpointStore:
     """Checkpoints of one step, each published atomically under ``<step>/_checkpoints/<NNNNNNNN>/``.
 
     Only checkpoints written under the current config hash are resumed: a changed config starts over.
+    Under torchrun only global rank 0 publishes (``save`` is a no-op elsewhere) and every rank
+    resumes the one checkpoint rank 0 found.
     """
 
     def __init__(self, store: ArtifactStore, prefix: str, local_root: Path, *, run_id: str, step: Step,
@@ -105,6 +108,8 @@ class CheckpointStore:
 
     def save(self, step: int, local_dir: Path, *, metrics: dict[str, Any] | None = None) -> None:
         """Publish ``local_dir`` as the checkpoint of training step ``step``, then prune old ones."""
+        if not distributed.world().is_main:
+            return
         started = datetime.now(UTC)
         publish(self._store, f"{self._prefix}/{step:08d}", Path(local_dir), run_id=self._run_id,
                 step=self._step.name, kind=self._step.kind, config_hash=self._hash,
@@ -116,17 +121,23 @@ class CheckpointStore:
 
     def latest(self) -> tuple[int, Path] | None:
         """Download and verify the newest complete checkpoint; ``None`` when there is none."""
-        complete = self._complete()
-        if not complete:
+        complete = dict(self._complete())
+        newest = distributed.broadcast_object(max(complete) if complete else None)
+        if newest is None:
             return None
-        n, manifest = complete[-1]
+        if newest not in complete:  # rank 0 saw a checkpoint this rank's store listing does not show
+            raise BadInput(f"checkpoint {newest} of {self._prefix} is not visible on rank "
+                           f"{distributed.world().rank}: every rank must see the same store", uri=self._prefix)
+        n, manifest = newest, complete[newest]
         local = self._local_root / f"{n:08d}"
         fetch(self._store, f"{self._prefix}/{n:08d}", local, manifest=manifest)
         self._log.info("resuming from checkpoint", checkpoint_step=n)
         return n, local
 
     def clear(self) -> int:
-        return self._store.delete_prefix(self._prefix + "/")
+        removed = self._store.delete_prefix(self._prefix + "/") if distributed.world().is_main else 0
+        distributed.barrier()
+        return removed
 
 
 @dataclass
@@ -161,7 +172,12 @@ class StageContext:
         return self.upstream[step_name]
 
     def progress(self, *, step: int | None = None, total: int | None = None, **metrics: float) -> None:
-        """Report live training progress: logs (throttled), Prometheus gauges, ``progress.jsonl``."""
+        """Report live training progress: logs (throttled), Prometheus gauges, ``progress.jsonl``.
+
+        Only global rank 0 reports: the values a stage passes are global ones, logged once.
+        """
+        if not distributed.world().is_main:
+            return
         self.reporter.report(step=step, total=total, **metrics)
 
 
@@ -198,7 +214,8 @@ def run_step(run_config: RunConfig, step_name: str, *, force: bool = False, base
     if stage is None:
         raise BadInput(f"no stage kind {step.kind!r} is registered", stage=step.name)
     cfg = run_config.stage_config(step.kind)
-    bind_context(run=run_config.run_id, stage=step.name)
+    world = distributed.init()
+    bind_context(run=run_config.run_id, stage=step.name, **({"rank": world.rank} if world.distributed else {}))
     log = get_logger()
     store = open_store(run_config.store, base_dir=base_dir)
 
@@ -213,7 +230,8 @@ def run_step(run_config: RunConfig, step_name: str, *, force: bool = False, base
     digest = config_hash(step, cfg, run_config, upstream)
     prefix = step_prefix(run_config.run_id, step.name)
     existing = read_manifest(store, prefix)
-    if existing is not None and existing.config_hash == digest and not force:
+    done = existing is not None and existing.config_hash == digest and not force
+    if distributed.broadcast_object(done) and existing is not None:  # rank 0 decides for all
         log.info("step already published with the same config hash; skipping (use --force to rerun)",
                  config_hash=digest[:12])
         return StepOutcome(step.name, True, existing, 0.0)
@@ -222,6 +240,8 @@ def run_step(run_config: RunConfig, step_name: str, *, force: bool = False, base
     if not root.is_absolute():
         root = (base_dir or Path.cwd()) / root
     workdir = root / run_config.run_id / step.name
+    if world.rank:  # ranks sharing a node never share a scratch directory
+        workdir = workdir / "ranks" / str(world.rank)
     output_dir = workdir / "output"
     if output_dir.exists():
         shutil.rmtree(output_dir)
@@ -241,9 +261,14 @@ def run_step(run_config: RunConfig, step_name: str, *, force: bool = False, base
     metrics = stage.run(ctx) or {}
     seconds = time.monotonic() - t0
     metrics = {**metrics, "seconds": round(seconds, 3)}
-    manifest = publish(store, prefix, output_dir, run_id=run_config.run_id, step=step.name, kind=step.kind,
-                       config_hash=digest, metrics=metrics, started_at=started,
-                       extra={"inputs": {n: m.config_hash for n, m in upstream.items()}})
-    log.info("step published", seconds=round(seconds, 2), files=len(manifest.files),
-             **{k: v for k, v in metrics.items() if isinstance(v, int | float) and k != "seconds"})
+    manifest: Manifest | None = None
+    if world.is_main:  # one publisher; the other ranks wait for its manifest (a barrier with a timeout)
+        manifest = publish(store, prefix, output_dir, run_id=run_config.run_id, step=step.name, kind=step.kind,
+                           config_hash=digest, metrics=metrics, started_at=started,
+                           extra={"inputs": {n: m.config_hash for n, m in upstream.items()}})
+        log.info("step published", seconds=round(seconds, 2), files=len(manifest.files),
+                 **({"ranks": world.size} if world.distributed else {}),
+                 **{k: v for k, v in metrics.items() if isinstance(v, int | float) and k != "seconds"})
+    manifest = distributed.broadcast_object(manifest)
+    assert manifest is not None
     return StepOutcome(step.name, False, manifest, seconds)
