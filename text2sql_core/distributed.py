@@ -45,15 +45,20 @@ __all__ = [
     "broadcast_object",
     "broadcast_parameters",
     "gather_in_order",
+    "gather_objects",
     "init",
     "shard",
     "shard_indices",
     "split_batch",
+    "wait_for_main",
     "world",
 ]
 
 TIMEOUT_ENV = "T2S_COLLECTIVE_TIMEOUT_S"
 DEFAULT_TIMEOUT_S = 600.0
+#: how long the other ranks wait for rank 0 to publish (uploading a large model takes a while)
+PUBLISH_TIMEOUT_ENV = "T2S_PUBLISH_TIMEOUT_S"
+DEFAULT_PUBLISH_TIMEOUT_S = 7200.0
 
 T = TypeVar("T")
 
@@ -92,18 +97,22 @@ def _env_int(name: str, default: int) -> int:
         raise BadInput(f"{name}={value!r} is not an integer (set by torchrun)", field=name) from None
 
 
-def timeout_s() -> float:
-    """The collective timeout in seconds (``T2S_COLLECTIVE_TIMEOUT_S``)."""
-    raw = os.environ.get(TIMEOUT_ENV, "")
+def _seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name, "")
     if not raw:
-        return DEFAULT_TIMEOUT_S
+        return default
     try:
         value = float(raw)
     except ValueError:
-        raise BadInput(f"{TIMEOUT_ENV}={raw!r} is not a number of seconds", field=TIMEOUT_ENV) from None
+        raise BadInput(f"{name}={raw!r} is not a number of seconds", field=name) from None
     if value <= 0:
-        raise BadInput(f"{TIMEOUT_ENV} must be > 0 seconds, got {raw}", field=TIMEOUT_ENV)
+        raise BadInput(f"{name} must be > 0 seconds, got {raw}", field=name)
     return value
+
+
+def timeout_s() -> float:
+    """The collective timeout in seconds (``T2S_COLLECTIVE_TIMEOUT_S``)."""
+    return _seconds(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)
 
 
 def _from_env() -> World:
@@ -125,6 +134,7 @@ def _from_env() -> World:
 
 
 _WORLD: World | None = None
+_PATIENT: Any = None  # a gloo group with the publish timeout, for waiting on rank 0
 
 
 def init() -> World:
@@ -133,7 +143,7 @@ def init() -> World:
     NCCL when this rank has a GPU (it is bound to ``cuda:LOCAL_RANK``), gloo otherwise. Safe to call
     again: later calls return the same world.
     """
-    global _WORLD
+    global _WORLD, _PATIENT
     w = _from_env()
     if not w.distributed:
         _WORLD = w
@@ -151,6 +161,8 @@ def init() -> World:
         except (RuntimeError, ValueError, dist.DistStoreError) as exc:
             raise PeerLost(f"rank {w.rank} could not join the process group of {w.size} ranks "
                            f"({os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}): {exc}") from exc
+        _PATIENT = dist.new_group(backend="gloo",
+                                  timeout=timedelta(seconds=_seconds(PUBLISH_TIMEOUT_ENV, DEFAULT_PUBLISH_TIMEOUT_S)))
     _WORLD = w
     return w
 
@@ -199,6 +211,21 @@ def broadcast_object(obj: T, src: int = 0) -> T:
     return box[0]
 
 
+def wait_for_main(obj: T) -> T:
+    """Like :func:`broadcast_object` from rank 0, with the long publish timeout (``T2S_PUBLISH_TIMEOUT_S``).
+
+    For the other ranks' wait while rank 0 does work alone: publishing, or mining that runs on it only.
+    A peer that dies still fails the wait at once (its connection closes).
+    """
+    if not _active():
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    _collective("waiting for rank 0", dist.broadcast_object_list, box, src=0, group=_PATIENT)
+    return box[0]
+
+
 def all_gather_objects(obj: Any) -> list[Any]:
     """Every rank's ``obj``, in rank order, on every rank."""
     if not _active():
@@ -207,6 +234,17 @@ def all_gather_objects(obj: Any) -> list[Any]:
 
     out: list[Any] = [None] * world().size
     _collective("all_gather", dist.all_gather_object, out, obj)
+    return out
+
+
+def gather_objects(obj: Any) -> list[Any] | None:
+    """Every rank's ``obj`` in rank order on rank 0; ``None`` on the others (they publish nothing)."""
+    if not _active():
+        return [obj]
+    import torch.distributed as dist
+
+    out: list[Any] | None = [None] * world().size if world().is_main else None
+    _collective("gather", dist.gather_object, obj, out, dst=0)
     return out
 
 
@@ -332,13 +370,7 @@ def gather_in_order(local: list[T], n: int) -> list[T] | None:
         raise ValueError(f"rank {w.rank} has {len(local)} results for its {stop - start} items")
     if not _active():
         return list(local)
-    import torch.distributed as dist
-
-    box: list[Any] = [None] * w.size if w.is_main else None  # type: ignore[assignment]
-    _collective("gather", dist.gather_object, local, box, dst=0)
-    if not w.is_main:
+    parts = gather_objects(local)
+    if parts is None:
         return None
-    out: list[T] = []
-    for part in box:
-        out.extend(part)
-    return out
+    return [item for part in parts for item in part]

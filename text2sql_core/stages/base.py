@@ -269,6 +269,6 @@ def run_step(run_config: RunConfig, step_name: str, *, force: bool = False, base
         log.info("step published", seconds=round(seconds, 2), files=len(manifest.files),
                  **({"ranks": world.size} if world.distributed else {}),
                  **{k: v for k, v in metrics.items() if isinstance(v, int | float) and k != "seconds"})
-    manifest = distributed.broadcast_object(manifest)
+    manifest = distributed.wait_for_main(manifest)
     assert manifest is not None
     return StepOutcome(step.name, False, manifest, seconds)
