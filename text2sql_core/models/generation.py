@@ -201,16 +201,44 @@ def _decode_row(tokenizer: PreTrainedTokenizerBase, ids: list[int], eos: int, pa
     return ids, tokenizer.decode(ids, skip_special_tokens=True)
 
 
-def generation_batches(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], batch_size: int
-                       ) -> list[list[int]]:
-    """The prompt indices of every batch :func:`generate` runs: sorted by length, so a batch carries little
-    padding. Sharded generation deals these very batches out to the ranks, so each batch, and hence
-    each output, is the same on any number of ranks."""
+def generation_batches(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], batch_size: int, *,
+                       by_prefix: bool = True) -> list[list[int]]:
+    """The prompt indices of every batch :func:`generate` runs. Sharded generation deals these very
+    batches out to the ranks, so each batch, and hence each output, is the same on any number of ranks.
+
+    ``by_prefix``: batches of prompts that share a prefix (see below); otherwise sorted by length
+    only, so that a batch carries little padding.
+    """
     ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
-    # token order groups prompts that share a prefix (one database's schema) into the same batches, whose
-    # prefix then runs once (:func:`_shared_prefix_inputs`); a batch's questions differ little in length
+    if not by_prefix:
+        order = sorted(range(len(prompts)), key=lambda i: (len(ids[i]), i))
+        return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    # Token order puts prompts that share a prefix (one database's schema) next to each other; a batch
+    # ends where the next prompt would halve the prefix its rows share, so the prefix runs once per
+    # batch (:func:`_shared_prefix_inputs`). A batch's questions differ little in length.
     order = sorted(range(len(prompts)), key=lambda i: (ids[i], i))
-    return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    batches: list[list[int]] = []
+    shared = 0
+    for i in order:
+        if batches and len(batches[-1]) < batch_size:
+            common = _common_length(ids[batches[-1][0]], ids[i], shared)
+            if not (shared >= MIN_SHARED_PREFIX and common < shared // 2):
+                batches[-1].append(i)
+                shared = common
+                continue
+        batches.append([i])
+        shared = len(ids[i]) - 1
+    return batches
+
+
+def _common_length(a: Sequence[int], b: Sequence[int], limit: int) -> int:
+    """Length of the common start of ``a`` and ``b``, at most ``limit``."""
+    n = 0
+    for x, y in zip(a[:limit], b[:limit], strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 #: shorter common prefixes are not worth a separate forward pass
@@ -279,7 +307,7 @@ def generate(model: Any, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[s
     """
     if not prompts:
         return []
-    batches = generation_batches(tokenizer, prompts, batch_size)
+    batches = generation_batches(tokenizer, prompts, batch_size, by_prefix=share_prefix)
     done = _generate_batches(model, tokenizer, prompts, batches, range(len(batches)),
                              max_new_tokens=max_new_tokens, max_source_length=max_source_length,
                              do_sample=do_sample, temperature=temperature, top_p=top_p, progress=progress,
@@ -301,7 +329,8 @@ def generate_sharded(model: Any, tokenizer: PreTrainedTokenizerBase, prompts: Se
     w = distributed.world()
     if not w.distributed:
         return generate(model, tokenizer, prompts, batch_size=batch_size, **kwargs)
-    batches = generation_batches(tokenizer, prompts, batch_size) if prompts else []
+    batches = (generation_batches(tokenizer, prompts, batch_size, by_prefix=kwargs.get("share_prefix", True))
+               if prompts else [])
     mine = range(w.rank, len(batches), w.size)
     on_batch = kwargs.pop("on_batch", None)
     total = len(prompts)
