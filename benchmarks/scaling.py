@@ -159,7 +159,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved predict rounds per setting")
     parser.add_argument("--predict-batch", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=36)
-    parser.add_argument("--only", choices=["sft", "predict"], help="run one part (predict needs sft's model)")
+    parser.add_argument("--skip-predict", action="store_true", help="measure sft scaling only")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args()
     from text2sql_core.data.demo import write_demo
@@ -171,7 +171,7 @@ def main() -> None:
             "machine": {"cpus": os.cpu_count(), "load_average_1m_at_start": round(os.getloadavg()[0], 2)},
             "sft": sft_scaling(work, work / "data", args.steps, args.batch),
         }
-        if args.only != "sft":
+        if not args.skip_predict:
             doc["predict"] = predict_sharing(work, args.rounds, args.predict_batch, args.max_new_tokens)
         doc["machine"]["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
     text = json.dumps(doc, indent=2) + "\n"
