@@ -148,11 +148,13 @@ def test_two_ranks_train_predict_and_mine_as_one_rank_does(one_rank: Path, demo_
     infer_cfg = _write(_config(tmp_path / "b", demo_data_dir, store=infer_store), tmp_path / "infer.yaml")
     driver = tmp_path / "driver.py"
     driver.write_text(_DRIVER)
+    log_dir = tmp_path / "logs"  # one log file per rank: the ranks' lines never interleave
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                        str(driver), f"{train_cfg}::{SFT}", f"{infer_cfg}::{PREDICT}", f"{infer_cfg}::{RM_DATA}"],
+                        f"--log-dir={log_dir}", "--redirects=3", str(driver), f"{train_cfg}::{SFT}",
+                        f"{infer_cfg}::{PREDICT}", f"{infer_cfg}::{RM_DATA}"],
                        capture_output=True, text=True, env=_env(), timeout=600, check=False)
-    assert r.returncode == 0, r.stderr[-4000:]
-    logs = r.stdout + r.stderr
+    logs = "\n".join(p.read_text() for p in sorted(log_dir.rglob("*.log")))
+    assert r.returncode == 0, (r.stderr + logs)[-4000:]
 
     # sft: the same per-step losses and weights, two ranks having split every global batch of 8
     _assert_same_training(train_store, one_rank, steps=12)
