@@ -198,7 +198,7 @@ def _fetch_one(store: ArtifactStore, prefix: str, local_dir: Path, entry: FileEn
     try:
         hashed = getattr(store, "get_file_hashed", None)  # S3: hashed while the bytes arrive, no second read
         if hashed is not None:
-            size, sha = hashed(key, tmp)
+            size, sha = hashed(key, tmp, size=entry.size)
         else:
             store.get_file(key, tmp)
             size, sha = file_sha256(tmp)

@@ -290,13 +290,15 @@ class S3Store(ArtifactStore):
     def get_file(self, key: str, local: Path) -> None:
         self.get_file_hashed(key, local)
 
-    def get_file_hashed(self, key: str, local: Path) -> tuple[int, str]:
+    def get_file_hashed(self, key: str, local: Path, *, size: int | None = None) -> tuple[int, str]:
         """Download ``key`` to ``local`` atomically; return its size and sha256, hashed as the bytes arrive.
 
         A file larger than one part comes as parallel ranged GETs (``multipart_workers`` at a time,
         ``part_size_mb`` each), written at their offsets; the hash consumes the parts in order as
         they complete, so verifying a download needs no second pass over the file. A single GET
         stream is bound by one connection's throughput, which is why big files were slow.
+        ``size`` (known from a manifest) lets every part start at once; without it the first part's
+        answer tells the size.
         """
         local = Path(local)
         obj = self._obj(key)
@@ -308,8 +310,13 @@ class S3Store(ArtifactStore):
                 digest = hashlib.sha256()
                 part = self.cfg.part_size_mb * MiB
                 workers = self.cfg.multipart_workers
+                if size is not None and size > part and workers > 1:
+                    got = self._get_ranges(obj, f, digest, start=0, end=size, part=part, workers=workers)
+                    os.replace(tmp, local)
+                    return got, digest.hexdigest()
+                ranged = workers > 1 and size is None  # a known small size needs no range
                 try:
-                    resp = self._client.get_object(self.bucket, obj, length=part if workers > 1 else 0)
+                    resp = self._client.get_object(self.bucket, obj, length=part if ranged else 0)
                 except S3Error as err:
                     if err.code != "InvalidRange":  # an empty object has no byte 0 to start a range at
                         raise
