@@ -243,6 +243,11 @@ def test_kill_9_of_a_rank_fails_the_launch_and_a_rerun_resumes_with_the_uninterr
     assert m["resumed_from_step"] == resume_at and m["steps"] == m["optimizer_step"] == 60
     _assert_same_training(store, straight / "store", steps=12)  # 12 logged losses: one every 5 steps
 
+    # published: a third launch skips the step on both ranks (rank 0 decides, nobody trains alone)
+    again = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300, check=False)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("skipped (already published)") == 1
+
 
 def _node(rank: int, port: int, config: Path) -> subprocess.Popen:
     return subprocess.Popen(

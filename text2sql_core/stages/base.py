@@ -231,10 +231,11 @@ def run_step(run_config: RunConfig, step_name: str, *, force: bool = False, base
     prefix = step_prefix(run_config.run_id, step.name)
     existing = read_manifest(store, prefix)
     done = existing is not None and existing.config_hash == digest and not force
-    if distributed.broadcast_object(done) and existing is not None:  # rank 0 decides for all
+    published = distributed.broadcast_object(existing if done else None)  # rank 0 decides for all ranks
+    if published is not None:
         log.info("step already published with the same config hash; skipping (use --force to rerun)",
                  config_hash=digest[:12])
-        return StepOutcome(step.name, True, existing, 0.0)
+        return StepOutcome(step.name, True, published, 0.0)
 
     root = Path(run_config.workdir)
     if not root.is_absolute():
