@@ -17,6 +17,12 @@ GPU's dense bf16 peak (H100/H200 SXM 989 TFLOP/s; ``--peak-tflops`` overrides).
 
     python benchmarks/gpu_throughput.py                    # the full run, on cuda
     python benchmarks/gpu_throughput.py --device cpu --tiny  # seconds-long smoke run (CI)
+    torchrun --nproc-per-node=8 benchmarks/gpu_throughput.py  # every visible GPU, data parallel
+
+Under torchrun every rank takes one GPU (``cuda:LOCAL_RANK``): sft runs as DDP (the per-GPU batch
+is the plan's, gradients all-reduced every step) and PPO all-reduces the actor and value-head
+gradients of its training phase. Rank 0 prints the report: figures per GPU (tokens/s, MFU, the
+PPO split) and ``tokens_per_s_all_gpus``, so scaling reads off directly.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+
+from text2sql_core import distributed
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "A100": 312.0, "A800": 312.0, "L40S": 362.0,
                     "A10": 125.0, "L4": 121.0}
@@ -134,6 +142,12 @@ def bench_sft(shape: Shape, *, device: torch.device, dtype: torch.dtype, batch: 
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=1e-5, fused=device.type == "cuda")
+    world = distributed.world()
+    if world.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                        find_unused_parameters=False)
     data = _completion_batch(batch, seq_len, shape.vocab, device)
     for _ in range(warmup):
         model(**data).loss.backward()
@@ -150,6 +164,7 @@ def bench_sft(shape: Shape, *, device: torch.device, dtype: torch.dtype, batch: 
         opt.zero_grad(set_to_none=True)
     _sync(device)
     seconds = time.perf_counter() - started
+    seconds = max(distributed.all_gather_objects(seconds))  # the slowest rank sets the pace
     tokens = batch * seq_len * steps
     per_token = (4 if lora else 6) * total_params + _attn_flops_per_token(shape, seq_len, 3)
     result = {
@@ -159,6 +174,7 @@ def bench_sft(shape: Shape, *, device: torch.device, dtype: torch.dtype, batch: 
         "tokens_per_s": round(tokens / seconds, 1), "final_loss": round(float(loss), 4),
         "model_tflops_per_s": round(per_token * tokens / seconds / 1e12, 3),
         "mfu": round(per_token * tokens / seconds / peak, 4) if peak else None,
+        "gpus": world.size, "tokens_per_s_all_gpus": round(world.size * tokens / seconds, 1),
     }
     if device.type == "cuda":
         result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
@@ -231,6 +247,7 @@ def bench_ppo(shape: Shape, *, device: torch.device, dtype: torch.dtype, batch: 
             loss = (policy_loss(logprobs, old_logprobs, advantages, act, 0.2).loss
                     + 0.5 * value_loss(values, old_values, returns, act, 0.2).loss)
             loss.backward()
+            distributed.all_reduce_gradients(list(policy.parameters()) + list(value_head.parameters()))
             opt.step()
             opt.zero_grad(set_to_none=True)
         _sync(device)
@@ -245,7 +262,8 @@ def bench_ppo(shape: Shape, *, device: torch.device, dtype: torch.dtype, batch: 
               "ppo_epochs": ppo_epochs, "steps": steps, "step_seconds": round(total, 3),
               **{f"{k}_seconds": round(v, 3) for k, v in med.items()},
               **{f"{k}_share": round(v / total, 3) for k, v in med.items()},
-              "generated_tokens_per_s": round(batch * new_tokens / med["generation"], 1)}
+              "generated_tokens_per_s": round(batch * new_tokens / med["generation"], 1),
+              "gpus": distributed.world().size}
     del policy, reward_model
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -283,7 +301,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=["bf16", "fp32"], default=None,
                         help="weights dtype (default: bf16 on cuda, fp32 on cpu)")
     args = parser.parse_args(argv)
+    world = distributed.init()  # one process per GPU under torchrun; a world of one otherwise
     device = torch.device(args.device)
+    if world.distributed and device.type == "cuda":
+        device = torch.device(world.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but no CUDA GPU is visible (use --device cpu --tiny for a smoke run)",
               file=sys.stderr)
@@ -312,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
             report[name] = bench_sft(shape, device=device, dtype=dtype, lora=name.endswith("lora"),
                                      grad_ckpt=name.endswith("lora"), peak=peak, **spec)
     report["total_seconds"] = round(time.perf_counter() - started, 1)
-    print(json.dumps(report, indent=2))
+    if world.is_main:
+        print(json.dumps(report, indent=2))
     return 0
 
 

@@ -100,3 +100,26 @@ def test_encode_prompts_left_pads_and_cuts_from_the_left(tiny) -> None:
     assert enc["attention_mask"][1, 0] == 0 and enc["attention_mask"][1, -1] == 1
     assert tok.decode(enc["input_ids"][0], skip_special_tokens=True).endswith("SQL:")
     assert tok.padding_side == "right"  # the caller's tokenizer settings are restored
+
+
+SCHEMA = ("Translate the question into SQL for this database.\nTables: singer(singer_id, name, country, age), "
+          "concert(concert_id, name, year, stadium_id), stadium(stadium_id, location, capacity)\n")
+
+
+def test_a_batch_sharing_a_schema_prefix_runs_it_once_with_the_same_outputs(tiny) -> None:
+    from text2sql_core.models.generation import _shared_prefix_inputs
+
+    model, tok = tiny
+    prompts = [SCHEMA + q for q in ("Question: how many singers?\nSQL:", "Question: list names\nSQL: SELECT",
+                                    "Question: the oldest singer of each country, by age?\nSQL:", "Q: x\nSQL:")]
+    enc = encode_prompts(tok, prompts, 512)
+    shared = _shared_prefix_inputs(model, enc, tok.pad_token_id)
+    assert shared is not None  # the prefix is long enough to be worth its own pass
+    assert shared["input_ids"].shape == enc["input_ids"].shape
+    assert bool((shared["attention_mask"].sum(-1) == enc["attention_mask"].sum(-1)).all())
+    for kwargs in ({}, {"do_sample": True, "temperature": 1.5, "seed": 3}, {"copy_values": True}):
+        plain = generate(model, tok, prompts, batch_size=4, max_new_tokens=12, share_prefix=False, **kwargs)
+        fast = generate(model, tok, prompts, batch_size=4, max_new_tokens=12, **kwargs)
+        assert [(g.raw, g.token_ids) for g in fast] == [(g.raw, g.token_ids) for g in plain], kwargs
+    # rows with nothing in common run as before
+    assert _shared_prefix_inputs(model, encode_prompts(tok, ["Q", "SELECT a"], 8), tok.pad_token_id) is None

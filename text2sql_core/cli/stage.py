@@ -17,7 +17,10 @@ def _run(args: argparse.Namespace) -> int:
         cfg = cfg.model_copy(update={"run_id": args.run_id})
     outcome = run_step(cfg, args.step, force=args.force)
     state = "skipped (already published)" if outcome.skipped else f"published in {outcome.seconds:.1f}s"
-    print(f"{args.step}: {state}")
+    from ..distributed import world
+
+    if world().is_main:  # under torchrun: one line for the step, not one per rank
+        print(f"{args.step}: {state}")
     return EXIT_OK
 
 

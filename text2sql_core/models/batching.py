@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["IGNORE_INDEX", "EncodedExample", "PlannedBatch", "collate", "completion_loss", "count_tokens",
            "encode_example", "encode_examples",
-           "encode_prompt", "plan_batches"]
+           "encode_prompt", "plan_batches", "shard_batch"]
 
 IGNORE_INDEX = -100
 
@@ -176,6 +176,24 @@ def plan_batches(examples: Sequence[EncodedExample], *, batch_size: int, num_bat
     return plan[:num_batches]
 
 
+def shard_batch(batch: PlannedBatch, rank: int, world_size: int) -> PlannedBatch:
+    """Rank ``rank``'s disjoint share of a planned batch (data parallelism over a global batch).
+
+    The rows keep the batch's shared prefix. A rank left without rows (a short last batch of a
+    database) gets the first row with every token masked out of the loss: it still runs forward and
+    backward, as every rank of a gradient all-reduce must, and adds nothing to loss or gradient.
+    """
+    if world_size == 1:
+        return batch
+    base, extra = divmod(len(batch.examples), world_size)
+    start = rank * base + min(rank, extra)
+    rows = batch.examples[start:start + base + (1 if rank < extra else 0)]
+    if not rows:
+        first = batch.examples[0]
+        rows = (EncodedExample(input_ids=first.input_ids, prompt_len=len(first.input_ids)),)
+    return PlannedBatch(tuple(rows), batch.prefix_len)
+
+
 def collate(batch: PlannedBatch, pad_token_id: int) -> dict[str, torch.Tensor]:
     """Tensors for :func:`completion_loss`.
 
@@ -217,7 +235,8 @@ def _cache_argument(model: Any) -> str:
     """``cache`` (transformers >= 5.2x) or the older ``past_key_values``, whichever the model's forward takes."""
     import inspect
 
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = getattr(model, "module", model)  # DistributedDataParallel wraps the model it trains
+    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
     params = inspect.signature(type(inner).forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 

@@ -33,6 +33,8 @@ __all__ = [
     "clean_sql",
     "encode_prompts",
     "generate",
+    "generate_sharded",
+    "generation_batches",
     "statement_complete",
 ]
 
@@ -199,39 +201,183 @@ def _decode_row(tokenizer: PreTrainedTokenizerBase, ids: list[int], eos: int, pa
     return ids, tokenizer.decode(ids, skip_special_tokens=True)
 
 
+def generation_batches(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], batch_size: int, *,
+                       by_prefix: bool = True) -> list[list[int]]:
+    """The prompt indices of every batch :func:`generate` runs. Sharded generation deals these very
+    batches out to the ranks, so each batch, and hence each output, is the same on any number of ranks.
+
+    ``by_prefix``: batches of prompts that share a prefix (see below); otherwise sorted by length
+    only, so that a batch carries little padding.
+    """
+    ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+    if not by_prefix:
+        order = sorted(range(len(prompts)), key=lambda i: (len(ids[i]), i))
+        return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    # Token order puts prompts that share a prefix (one database's schema) next to each other; a batch
+    # ends where the next prompt would halve the prefix its rows share, so the prefix runs once per
+    # batch (:func:`_shared_prefix_inputs`). A batch's questions differ little in length.
+    order = sorted(range(len(prompts)), key=lambda i: (ids[i], i))
+    batches: list[list[int]] = []
+    shared = 0
+    for i in order:
+        if batches and len(batches[-1]) < batch_size:
+            common = _common_length(ids[batches[-1][0]], ids[i], shared)
+            if not (shared >= MIN_SHARED_PREFIX and common < shared // 2):
+                batches[-1].append(i)
+                shared = common
+                continue
+        batches.append([i])
+        shared = len(ids[i]) - 1
+    return batches
+
+
+def _common_length(a: Sequence[int], b: Sequence[int], limit: int) -> int:
+    """Length of the common start of ``a`` and ``b``, at most ``limit``."""
+    n = 0
+    for x, y in zip(a[:limit], b[:limit], strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+#: shorter common prefixes are not worth a separate forward pass
+MIN_SHARED_PREFIX = 16
+
+
+def _shared_prefix_inputs(model: Any, enc: dict[str, torch.Tensor], pad: int) -> dict[str, Any] | None:
+    """Inputs for ``model.generate`` that run the rows' common prompt prefix once, or None when too short.
+
+    The prefix's key/value cache is computed for one row and repeated over the batch; each row's
+    remaining prompt tokens follow it, the padding moved between prefix and rest (``[prefix | pad |
+    rest]``, masked). Position ids come from the mask, so every token keeps its position: the same
+    outputs as left-padded rows that each recompute the prefix, for a fraction of the prefill.
+    """
+    import torch
+
+    from .batching import _cache_argument
+
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    n, width = ids.shape
+    if n < 2:
+        return None
+    lengths = mask.sum(-1).tolist()
+    rows = [ids[r, width - lengths[r]:] for r in range(n)]
+    limit = min(lengths) - 1  # every row keeps its last prompt token: it predicts the first new one
+    first = rows[0][:limit]
+    common = limit
+    for row in rows[1:]:
+        same = (row[:common] == first[:common]).long()
+        common = int(same.cumprod(0).sum())
+        if common < MIN_SHARED_PREFIX:
+            return None
+    prefix = first[:common].unsqueeze(0)
+    with torch.no_grad():
+        out = model(input_ids=prefix, use_cache=True, logits_to_keep=1)
+    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    if cache is None or not hasattr(cache, "batch_repeat_interleave"):
+        return None
+    cache.batch_repeat_interleave(n)
+    new_ids = torch.full_like(ids, pad)
+    new_mask = torch.zeros_like(mask)
+    new_ids[:, :common] = prefix
+    new_mask[:, :common] = 1
+    for r, row in enumerate(rows):
+        rest = row[common:]
+        new_ids[r, width - len(rest):] = rest
+        new_mask[r, width - len(rest):] = 1
+    return {"input_ids": new_ids, "attention_mask": new_mask, _cache_argument(model): cache}
+
+
 def generate(model: Any, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], *, batch_size: int = 32,
              max_new_tokens: int = 128, max_source_length: int = 1024, do_sample: bool = False,
              temperature: float = 1.0, top_p: float = 1.0, progress: bool | str = False,
              on_batch: Callable[[int, int], None] | None = None, copy_values: bool = False,
-             num_candidates: int = 1) -> list[Generation]:
+             num_candidates: int = 1, seed: int | None = None, share_prefix: bool = True) -> list[Generation]:
     """Generate SQL for ``prompts`` (results in the same order). ``progress``: a tqdm bar label, to stderr.
 
-    Sampling draws from torch's global RNG: seed it for reproducible samples. ``on_batch(done, total)``
-    is called after every batch (live progress for the stage). ``copy_values`` constrains string
-    literals to words of the question (:mod:`text2sql_core.models.value_copy`). ``num_candidates`` > 1
-    (greedy only) runs beam search with that many beams and returns them all in ``candidates``.
+    Sampling draws from torch's global RNG: seed it for reproducible samples, or pass ``seed`` to
+    reseed it before every batch (from the seed and the batch's number), which makes each batch's
+    samples independent of the batches before it, as sharded generation needs. ``on_batch(done,
+    total)`` is called after every batch (live progress for the stage). ``copy_values`` constrains
+    string literals to words of the question (:mod:`text2sql_core.models.value_copy`).
+    ``num_candidates`` > 1 (greedy only) runs beam search with that many beams and returns them all
+    in ``candidates``. ``share_prefix`` runs the prompt prefix the rows of a batch share once per
+    batch (without beams): about 40% of a greedy pass is prefill of the schema on the demo data.
     """
+    if not prompts:
+        return []
+    batches = generation_batches(tokenizer, prompts, batch_size, by_prefix=share_prefix)
+    done = _generate_batches(model, tokenizer, prompts, batches, range(len(batches)),
+                             max_new_tokens=max_new_tokens, max_source_length=max_source_length,
+                             do_sample=do_sample, temperature=temperature, top_p=top_p, progress=progress,
+                             on_batch=on_batch, copy_values=copy_values, num_candidates=num_candidates, seed=seed,
+                             share_prefix=share_prefix)
+    return [done[i] for i in range(len(prompts))]
+
+
+def generate_sharded(model: Any, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], *,
+                     batch_size: int = 32, everywhere: bool = False, **kwargs: Any) -> list[Generation] | None:
+    """:func:`generate` with the batches dealt out over the ranks of a torchrun launch (round robin).
+
+    Returns every prompt's output in the caller's order on rank 0 (on every rank with
+    ``everywhere``) and ``None`` on the others. Greedy outputs equal a one-process run byte for byte
+    (the same batches run); sampled ones too when ``seed`` is given. In one process: :func:`generate`.
+    """
+    from .. import distributed
+
+    w = distributed.world()
+    if not w.distributed:
+        return generate(model, tokenizer, prompts, batch_size=batch_size, **kwargs)
+    batches = (generation_batches(tokenizer, prompts, batch_size, by_prefix=kwargs.get("share_prefix", True))
+               if prompts else [])
+    mine = range(w.rank, len(batches), w.size)
+    on_batch = kwargs.pop("on_batch", None)
+    total = len(prompts)
+
+    def report(done: int, _local_total: int) -> None:  # rank 0's share, scaled: the ranks keep pace
+        if on_batch is not None:
+            on_batch(min(total, done * w.size), total)
+
+    local = _generate_batches(model, tokenizer, prompts, batches, mine, on_batch=report, **kwargs)
+    parts = distributed.all_gather_objects(local) if everywhere else distributed.gather_objects(local)
+    if parts is None:
+        return None
+    merged: dict[int, Generation] = {}
+    for part in parts:
+        merged.update(part)
+    return [merged[i] for i in range(len(prompts))]
+
+
+def _generate_batches(model: Any, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
+                      batches: Sequence[Sequence[int]], which: Sequence[int], *, max_new_tokens: int = 128,
+                      max_source_length: int = 1024, do_sample: bool = False, temperature: float = 1.0,
+                      top_p: float = 1.0, progress: bool | str = False,
+                      on_batch: Callable[[int, int], None] | None = None, copy_values: bool = False,
+                      num_candidates: int = 1, seed: int | None = None, share_prefix: bool = True
+                      ) -> dict[int, Generation]:
+    """Run ``batches[b]`` for every ``b`` in ``which``; the outputs by prompt index."""
     import torch
     from tqdm import tqdm
 
-    if not prompts:
-        return []
     device = next(model.parameters()).device
     limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     if isinstance(limit, int) and max_source_length + max_new_tokens > limit:
         max_source_length = max(8, limit - max_new_tokens)  # prompt + SQL must fit the model's positions
-    lengths = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=True)["input_ids"]]
-    order = sorted(range(len(prompts)), key=lambda i: (lengths[i], i))
-    results: list[Generation | None] = [None] * len(prompts)
+    results: dict[int, Generation] = {}
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    bar = tqdm(total=len(prompts), desc=progress if isinstance(progress, str) else "generate", unit="prompt",
+    todo = sum(len(batches[b]) for b in which)
+    bar = tqdm(total=todo, desc=progress if isinstance(progress, str) else "generate", unit="prompt",
                disable=not progress, file=sys.stderr)
     was_training = model.training
     model.eval()
+    finished = 0
     try:
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
+        for b in which:
+            idx = batches[b]
+            if seed is not None:
+                torch.manual_seed(seed * 1_000_003 + b)
             enc = encode_prompts(tokenizer, [prompts[i] for i in idx], max_source_length, device)
             width = enc["input_ids"].shape[1]
             kwargs: dict[str, Any] = {"do_sample": do_sample}
@@ -247,20 +393,22 @@ def generate(model: Any, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[s
 
                 kwargs["logits_processor"] = [ValueCopyConstraint(tokenizer, [prompts[i] for i in idx], width,
                                                                   rows_per_source=beams)]
+            inputs = (_shared_prefix_inputs(model, enc, pad) if share_prefix and beams == 1 else None) or enc
             with torch.no_grad():
-                out = model.generate(**enc, max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad,
+                out = model.generate(**inputs, max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad,
                                      stopping_criteria=[_stopping(tokenizer, width)], **kwargs)
             for row, i in enumerate(idx):
-                decoded = [_decode_row(tokenizer, out[row * beams + b, width:].tolist(), eos, pad)
-                           for b in range(beams)]
+                decoded = [_decode_row(tokenizer, out[row * beams + k, width:].tolist(), eos, pad)
+                           for k in range(beams)]
                 ids, raw = decoded[0]
                 candidates = tuple(Candidate(raw=r, sql=clean_sql(r)) for _, r in decoded) if beams > 1 else ()
                 results[i] = Generation(raw=raw, sql=clean_sql(raw), token_ids=tuple(ids), candidates=candidates)
             bar.update(len(idx))
+            finished += len(idx)
             if on_batch is not None:
-                on_batch(min(start + batch_size, len(order)), len(order))
+                on_batch(finished, todo)
     finally:
         bar.close()
         if was_training:
             model.train()
-    return [r for r in results if r is not None]
+    return results

@@ -26,8 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from .. import distributed
 from ..config_base import StageConfigBase
-from ..errors import BadInput, Retryable
+from ..errors import BadInput
 from ..graph import Step, get_step, steps_for
 from ..logging import bind_context, get_logger
 from ..store import ArtifactStore, open_store
@@ -90,6 +91,8 @@ class CheckpointStore:
     """Checkpoints of one step, each published atomically under ``<step>/_checkpoints/<NNNNNNNN>/``.
 
     Only checkpoints written under the current config hash are resumed: a changed config starts over.
+    Under torchrun only global rank 0 publishes (``save`` is a no-op elsewhere) and every rank
+    resumes the one checkpoint rank 0 found.
     """
 
     def __init__(self, store: ArtifactStore, prefix: str, local_root: Path, *, run_id: str, step: Step,
@@ -118,6 +121,8 @@ class CheckpointStore:
 
     def save(self, step: int, local_dir: Path, *, metrics: dict[str, Any] | None = None) -> None:
         """Publish ``local_dir`` as the checkpoint of training step ``step``, then prune old ones."""
+        if not distributed.world().is_main:
+            return
         if self._guard is not None:
             self._guard()
         started = datetime.now(UTC)
@@ -131,17 +136,23 @@ class CheckpointStore:
 
     def latest(self) -> tuple[int, Path] | None:
         """Download and verify the newest complete checkpoint; ``None`` when there is none."""
-        complete = self._complete()
-        if not complete:
+        complete = dict(self._complete())
+        newest = distributed.broadcast_object(max(complete) if complete else None)
+        if newest is None:
             return None
-        n, manifest = complete[-1]
+        if newest not in complete:  # rank 0 saw a checkpoint this rank's store listing does not show
+            raise BadInput(f"checkpoint {newest} of {self._prefix} is not visible on rank "
+                           f"{distributed.world().rank}: every rank must see the same store", uri=self._prefix)
+        n, manifest = newest, complete[newest]
         local = self._local_root / f"{n:08d}"
         fetch(self._store, f"{self._prefix}/{n:08d}", local, manifest=manifest)
         self._log.info("resuming from checkpoint", checkpoint_step=n)
         return n, local
 
     def clear(self) -> int:
-        return self._store.delete_prefix(self._prefix + "/")
+        removed = self._store.delete_prefix(self._prefix + "/") if distributed.world().is_main else 0
+        distributed.barrier()
+        return removed
 
 
 @dataclass
@@ -176,7 +187,12 @@ class StageContext:
         return self.upstream[step_name]
 
     def progress(self, *, step: int | None = None, total: int | None = None, **metrics: float) -> None:
-        """Report live training progress: logs (throttled), Prometheus gauges, ``progress.jsonl``."""
+        """Report live training progress: logs (throttled), Prometheus gauges, ``progress.jsonl``.
+
+        Only global rank 0 reports: the values a stage passes are global ones, logged once.
+        """
+        if not distributed.world().is_main:
+            return
         self.reporter.report(step=step, total=total, **metrics)
 
 
@@ -204,17 +220,6 @@ class _RankLease:
 
     def check(self) -> None:
         return None
-
-    @staticmethod
-    def wait_for_manifest(store: ArtifactStore, prefix: str, digest: str, timeout_s: float = 3600.0) -> Manifest:
-        """Rank 0's manifest of this config hash; concurrent publishes of one prefix would undo each other."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            m = read_manifest(store, prefix)
-            if m is not None and m.config_hash == digest:
-                return m
-            time.sleep(1.0)
-        raise Retryable(f"rank 0 did not publish {prefix} within {timeout_s:.0f}s", uri=store.uri_for(prefix))
 
     def __enter__(self) -> _RankLease:  # noqa: PYI034 - never subclassed
         return self
@@ -254,7 +259,8 @@ def run_step(run_config: RunConfig, step_name: str, *, force: bool = False, base
     if stage is None:
         raise BadInput(f"no stage kind {step.kind!r} is registered", stage=step.name)
     cfg = run_config.stage_config(step.kind)
-    bind_context(run=run_config.run_id, stage=step.name)
+    world = distributed.init()
+    bind_context(run=run_config.run_id, stage=step.name, **({"rank": world.rank} if world.distributed else {}))
     log = get_logger()
     store = open_store(run_config.store, base_dir=base_dir)
 
@@ -271,26 +277,31 @@ def run_step(run_config: RunConfig, step_name: str, *, force: bool = False, base
     digest = config_hash(step, cfg, run_config, upstream, base_digest=base_digest(run_config.model, store))
     prefix = step_prefix(run_config.run_id, step.name)
     existing = read_manifest(store, prefix)
-    if existing is not None and existing.config_hash == digest and not force:
+    done = existing is not None and existing.config_hash == digest and not force
+    published = distributed.broadcast_object(existing if done else None)  # rank 0 decides for all ranks
+    if published is not None:
         log.info("step already published with the same config hash; skipping (use --force to rerun)",
                  config_hash=digest[:12])
-        return StepOutcome(step.name, True, existing, 0.0)
+        return StepOutcome(step.name, True, published, 0.0)
 
     # Under torchrun every rank runs this function: the launch holds one lease, through global rank 0.
     lease: StepLease | _RankLease = (
         StepLease(store, prefix, ttl_s=run_config.store.lease_ttl_s, heartbeat_s=run_config.store.lease_heartbeat_s)
-        if int(os.environ.get("RANK", "0") or 0) == 0 else _RankLease())
+        if world.is_main else _RankLease())
     with _sigterm_exits(), lease:
         existing = read_manifest(store, prefix)  # another runner may have published while we waited
-        if existing is not None and existing.config_hash == digest and not force:
+        meanwhile = existing is not None and existing.config_hash == digest and not force
+        published = distributed.broadcast_object(existing if meanwhile else None)  # rank 0 decides for all
+        if published is not None:
             log.info("step published by another runner meanwhile; skipping", config_hash=digest[:12])
-            return StepOutcome(step.name, True, existing, 0.0)
+            return StepOutcome(step.name, True, published, 0.0)
         root = Path(run_config.workdir)
         if not root.is_absolute():
             root = (base_dir or Path.cwd()) / root
         workdir = root / run_config.run_id / step.name
-        # other torchrun ranks write beside rank 0, never into (or rmtree) the output it publishes
-        output_dir = workdir / ("output" if isinstance(lease, StepLease) else f"output-rank{os.environ['RANK']}")
+        if world.rank:  # ranks sharing a node never share a scratch directory (nor rmtree rank 0's output)
+            workdir = workdir / "ranks" / str(world.rank)
+        output_dir = workdir / "output"
         if output_dir.exists():
             shutil.rmtree(output_dir)
         output_dir.mkdir(parents=True)
@@ -310,12 +321,15 @@ def run_step(run_config: RunConfig, step_name: str, *, force: bool = False, base
         seconds = time.monotonic() - t0
         metrics = {**metrics, "seconds": round(seconds, 3)}
         lease.check()
-        if isinstance(lease, _RankLease):  # rank 0 publishes the launch's output; the others wait for it
-            return StepOutcome(step.name, False, lease.wait_for_manifest(store, prefix, digest), seconds)
-        manifest = publish(store, prefix, output_dir, run_id=run_config.run_id, step=step.name, kind=step.kind,
-                           config_hash=digest, metrics=metrics, started_at=started,
-                           extra={"inputs": {n: {"config_hash": m.config_hash, "digest": m.digest}
-                                          for n, m in upstream.items()}})
-    log.info("step published", seconds=round(seconds, 2), files=len(manifest.files),
-             **{k: v for k, v in metrics.items() if isinstance(v, int | float) and k != "seconds"})
+        manifest: Manifest | None = None
+        if world.is_main:  # one publisher; the other ranks wait for its manifest (a barrier with a timeout)
+            manifest = publish(store, prefix, output_dir, run_id=run_config.run_id, step=step.name, kind=step.kind,
+                               config_hash=digest, metrics=metrics, started_at=started,
+                               extra={"inputs": {n: {"config_hash": m.config_hash, "digest": m.digest}
+                                                 for n, m in upstream.items()}})
+            log.info("step published", seconds=round(seconds, 2), files=len(manifest.files),
+                     **({"ranks": world.size} if world.distributed else {}),
+                     **{k: v for k, v in metrics.items() if isinstance(v, int | float) and k != "seconds"})
+        manifest = distributed.wait_for_main(manifest)
+        assert manifest is not None
     return StepOutcome(step.name, False, manifest, seconds)

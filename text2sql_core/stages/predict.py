@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from .. import distributed
 from ..data.jsonl import read_records
 from ..errors import BadInput
 from .base import Stage, StageConfigBase, StageContext
@@ -81,14 +82,15 @@ def _atomic_write(path: Path, text: str) -> None:
 def run(ctx: StageContext) -> dict[str, Any]:
     import torch
 
-    from ..models.generation import EMPTY_PREDICTION, generate
+    from ..models.generation import EMPTY_PREDICTION, generate_sharded
     from ..models.loading import load_policy_from_step
 
     cfg: PredictConfig = ctx.config
     source = ctx.step.model_from
     if source is None:
         raise BadInput(f"step {ctx.step.name!r} names no model_from step to predict with", stage=ctx.step.name)
-    torch.set_num_threads(cfg.num_threads or os.cpu_count() or 1)
+    world = distributed.world()
+    torch.set_num_threads(cfg.num_threads or max(1, (os.cpu_count() or 1) // world.local_size))
     torch.manual_seed(ctx.run_config.seed)
 
     questions = read_dev_prompts(ctx.input("prepare"))
@@ -98,18 +100,23 @@ def run(ctx: StageContext) -> dict[str, Any]:
     ctx.log.info("policy loaded", source=source, questions=len(questions), decoding=cfg.decoding)
 
     started = time.monotonic()
-    outputs = generate(
-        model, tokenizer, [q[2] for q in questions], batch_size=cfg.batch_size,
+    # under torchrun every rank generates a share of the batches; every rank gets all outputs back, in
+    # dev order, because execution-guided decoding re-decodes the failing ones sharded the same way
+    outputs = generate_sharded(
+        model, tokenizer, [q[2] for q in questions], batch_size=cfg.batch_size, everywhere=True,
         max_new_tokens=cfg.max_new_tokens, max_source_length=cfg.max_source_length,
         do_sample=cfg.decoding == "sample", temperature=cfg.temperature, top_p=cfg.top_p,
         copy_values=cfg.copy_values, progress=f"{ctx.step.name}",
         on_batch=lambda done, total: ctx.progress(step=done, total=total))
+    assert outputs is not None  # everywhere=True: every rank holds them
     chosen = [(g.raw, g.sql) for g in outputs]
     guided: dict[str, Any] = {}
     if cfg.execution_guided >= 2 and cfg.decoding == "greedy":
         guided = _execution_guided(cfg, model, tokenizer, questions, chosen, ctx.input("prepare") / "database")
         ctx.log.info("execution-guided decoding", **guided)
     seconds = time.monotonic() - started
+    if not world.is_main:  # rank 0 holds the same outputs and publishes them
+        return {}
 
     rows = [{"index": index, "db_id": db_id, "prediction": sql, "raw": raw}
             for (index, db_id, _), (raw, sql) in zip(questions, chosen, strict=True)]
@@ -137,26 +144,35 @@ def _execution_guided(cfg: PredictConfig, model: Any, tokenizer: Any, questions:
     lower beam is often the right query (Wang et al., 2018, execution-guided decoding). Only "runs"
     counts, never the result: the gold answer is not consulted.
     """
-    from ..models.generation import generate
+    from ..models.generation import generate_sharded
     from ..sql.sandbox import SandboxPool
 
+    # Under torchrun each rank executes a slice of the queries and the beams of a share of the failing
+    # questions' batches; the results meet on every rank, so every step sees the one-process lists.
     with SandboxPool(2) as pool:
-        runs = _runs(pool, database_dir, [(q[1], sql) for q, (_, sql) in zip(questions, chosen, strict=True)],
-                     cfg.sql_timeout_s)
-        failing = [n for n, ok in enumerate(runs) if not ok]
-        beams = generate(model, tokenizer, [questions[n][2] for n in failing], batch_size=cfg.batch_size,
-                         max_new_tokens=cfg.max_new_tokens, max_source_length=cfg.max_source_length,
-                         copy_values=cfg.copy_values, num_candidates=cfg.execution_guided,
-                         progress="beams for SQL that failed")
-        jobs = [(questions[n][1], c.sql) for n, g in zip(failing, beams, strict=True) for c in g.candidates]
+        mine = distributed.shard_indices(len(questions))
+        runs = distributed.all_gather_objects(
+            _runs(pool, database_dir, [(questions[n][1], chosen[n][1]) for n in mine], cfg.sql_timeout_s))
+        failing = [n for n, ok in enumerate(ok for part in runs for ok in part) if not ok]
+        beams = generate_sharded(model, tokenizer, [questions[n][2] for n in failing], batch_size=cfg.batch_size,
+                                 max_new_tokens=cfg.max_new_tokens, max_source_length=cfg.max_source_length,
+                                 copy_values=cfg.copy_values, num_candidates=cfg.execution_guided,
+                                 progress="beams for SQL that failed", everywhere=True)
+        assert beams is not None
+        share = distributed.shard_indices(len(failing))
+        jobs = [(questions[failing[k]][1], c.sql) for k in share for c in beams[k].candidates]
         ran = iter(_runs(pool, database_dir, jobs, cfg.sql_timeout_s))
-    replaced = 0
-    for n, g in zip(failing, beams, strict=True):
-        oks = [next(ran) for _ in g.candidates]
-        if True in oks:
-            best = g.candidates[oks.index(True)]
-            chosen[n] = (best.raw, best.sql)
-            replaced += 1
+        picks: dict[int, tuple[str, str]] = {}
+        for k in share:
+            oks = [next(ran) for _ in beams[k].candidates]
+            if True in oks:
+                best = beams[k].candidates[oks.index(True)]
+                picks[failing[k]] = (best.raw, best.sql)
+    gathered = distributed.all_gather_objects(picks)
+    for part in gathered:
+        for n, pick in part.items():
+            chosen[n] = pick
+    replaced = sum(len(part) for part in gathered)
     return {"execution_guided_failing": len(failing), "execution_guided_replaced": replaced}
 
 

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from .. import distributed
 from ..data.jsonl import read_numbered_records
 from ..errors import BadInput
 from .base import Stage, StageConfigBase, StageContext
@@ -34,7 +35,8 @@ class RMConfig(StageConfigBase):
 
     # Optimisation
     max_steps: int = Field(300, ge=1, description="Optimisation steps (each is batch_size pairs).")
-    batch_size: int = Field(16, ge=1, description="Preference pairs per step.")
+    batch_size: int = Field(16, ge=1, description="Preference pairs per step, global: split evenly over the ranks "
+                                                  "under torchrun (a multiple of the world size).")
     learning_rate: float = Field(1e-3, gt=0, description="Peak learning rate (adapters and score head).")
     lr_scheduler: Literal["cosine", "linear", "constant_with_warmup"] = Field(
         "cosine", description="Learning-rate schedule after warmup.")
@@ -56,7 +58,6 @@ class RMConfig(StageConfigBase):
 
 
 PAIR_FIELDS = ("prompt", "chosen", "rejected")
-STATE_FILE = "rm_state.pt"
 
 
 def read_pairs(path: Path) -> list[dict[str, Any]]:
@@ -97,11 +98,16 @@ def _adam_steps(optimizer) -> int:
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    import numpy as np
     import torch
     from tqdm import tqdm
     from transformers import get_scheduler
 
+    from ..models.checkpoint import (
+        load_trainable_state,
+        load_training_state,
+        save_training_state,
+        trainable_state,
+    )
     from ..models.loading import load_policy_from_step
     from ..rl.reward_model import (
         REWARD_MODEL_FILE,
@@ -114,6 +120,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     cfg: RMConfig = ctx.config
     seed = ctx.run_config.seed
+    world = distributed.world()
+    # data parallel: every rank scores a disjoint share of each step's (global) batch of pairs
+    distributed.split_batch(cfg.batch_size, "stages.rm.batch_size", world)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     pairs_dir = ctx.input("rm_data")
@@ -137,46 +146,42 @@ def run(ctx: StageContext) -> dict[str, Any]:
     start = 0
     latest = ctx.checkpoints.latest()
     if latest is not None:
-        start, ckpt_dir = latest
-        state = torch.load(ckpt_dir / STATE_FILE, map_location="cpu", weights_only=False)
-        named = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, value in state["trainable"].items():
-                named[name].copy_(value)
+        start, ckpt_dir = latest  # every rank restores the one checkpoint rank 0 found
+        state = load_training_state(ckpt_dir)
+        load_trainable_state(model, state["trainable"], what="reward model")
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         history = state["history"]
-        random.setstate(state["rng"]["python"])
-        np.random.set_state(state["rng"]["numpy"])
-        torch.set_rng_state(state["rng"]["torch"])
         ctx.log.info("reward model resumed", step=start)
 
     def save_checkpoint(step: int) -> None:
+        if not world.is_main:  # the same weights and optimizer state live on every rank
+            return
         directory = ctx.workdir / "checkpoint_out" / f"{step:08d}"
-        directory.mkdir(parents=True, exist_ok=True)
-        torch.save({"step": step, "trainable": {n: p.detach().clone() for n, p in model.named_parameters()
-                                                if p.requires_grad},
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "history": history,
-                    "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
-                            "torch": torch.get_rng_state()}}, directory / STATE_FILE)
+        save_training_state(directory, {"trainable": trainable_state(model), "optimizer": optimizer.state_dict(),
+                                        "scheduler": scheduler.state_dict(), "history": history}, step=step)
         ctx.checkpoints.save(step, directory, metrics={"loss": history[-1]["loss"] if history else None})
 
     model.train()
-    bar = tqdm(total=cfg.max_steps, initial=start, desc="rm", unit="step", file=sys.stderr, leave=False)
+    distributed.broadcast_parameters(params)  # the ranks start from one set of weights
+    bar = tqdm(total=cfg.max_steps, initial=start, desc="rm", unit="step", file=sys.stderr, leave=False,
+               disable=not world.is_main)
     for step in range(start + 1, cfg.max_steps + 1):
-        batch = batch_for_step(train, step - 1, cfg.batch_size, seed)
+        batch = distributed.shard(batch_for_step(train, step - 1, cfg.batch_size, seed), world)
         r_chosen, r_rejected = pair_scores(model, tokenizer, batch, cfg.max_length)
-        loss = pairwise_loss(r_chosen, r_rejected)
+        loss = pairwise_loss(r_chosen, r_rejected)  # mean over this rank's equal share
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.all_reduce_gradients(params)  # the mean over ranks: the global batch's gradient
         torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         optimizer.step()
         scheduler.step()
         bar.update(1)
         if step % cfg.logging_steps == 0 or step == cfg.max_steps:
-            record: dict[str, Any] = {"step": step, "loss": round(loss.item(), 6),
-                                      "accuracy": float((r_chosen > r_rejected).float().mean()),
-                                      "lr": scheduler.get_last_lr()[0]}
+            logged = distributed.all_reduce_mean({"loss": loss.item(),
+                                                  "accuracy": float((r_chosen > r_rejected).float().mean())})
+            record: dict[str, Any] = {"step": step, "loss": round(logged["loss"], 6),
+                                      "accuracy": logged["accuracy"], "lr": scheduler.get_last_lr()[0]}
             if step % cfg.eval_steps == 0 and held_out:
                 model.eval()
                 record["eval_accuracy"] = pairwise_accuracy(model, tokenizer, held_out, cfg.max_length)["accuracy"]
@@ -188,6 +193,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     bar.close()
 
     model.eval()
+    if not world.is_main:  # rank 0 evaluates and publishes the weights every rank holds
+        return {}
     final = pairwise_accuracy(model, tokenizer, held_out, cfg.max_length) if held_out else None
     train_eval = pairwise_accuracy(model, tokenizer, train[:256], cfg.max_length)
     out = ctx.output_dir

@@ -24,6 +24,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
+from .. import distributed
 from ..data.jsonl import read_numbered_records
 from ..errors import BadInput
 from ..rl.perturb import PERTURBATION_KINDS
@@ -96,23 +97,28 @@ def read_prompts(prepare_dir: Path, split: str = "train") -> list[dict[str, Any]
     return rows
 
 
-def _sample_candidates(ctx: StageContext, rows: list[dict[str, Any]]) -> list[list[str]]:
-    """``num_candidates`` sampled SQL strings per prompt from the SFT policy, cleaned as ``predict`` cleans."""
-    import torch
+def _sample_candidates(ctx: StageContext, rows: list[dict[str, Any]]) -> list[list[str]] | None:
+    """``num_candidates`` sampled SQL strings per prompt from the SFT policy, cleaned as ``predict`` cleans.
 
-    from ..models.generation import generate
+    Under torchrun the ranks sample a share of the batches each (every batch reseeded from the run
+    seed, so the samples do not depend on the number of ranks) and rank 0 gets them all, in prompt
+    order; the other ranks get ``None``.
+    """
+    from ..models.generation import generate_sharded
     from ..models.loading import load_policy_from_step
 
     cfg: RMDataConfig = ctx.config
     k = cfg.num_candidates
     model, tokenizer = load_policy_from_step(ctx, "sft")
-    torch.manual_seed(ctx.run_config.seed)
     prompts = [r["prompt"] for r in rows for _ in range(k)]
-    generations = generate(model, tokenizer, prompts, batch_size=cfg.batch_size * k,
-                           max_new_tokens=cfg.max_new_tokens, max_source_length=cfg.max_source_length,
-                           do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p,
-                           copy_values=cfg.copy_values, progress="rm_data: sampling",
-                           on_batch=lambda done, total: ctx.progress(step=done // k, total=total // k))
+    generations = generate_sharded(model, tokenizer, prompts, batch_size=cfg.batch_size * k,
+                                   max_new_tokens=cfg.max_new_tokens, max_source_length=cfg.max_source_length,
+                                   do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p,
+                                   copy_values=cfg.copy_values, progress="rm_data: sampling",
+                                   seed=ctx.run_config.seed,
+                                   on_batch=lambda done, total: ctx.progress(step=done // k, total=total // k))
+    if generations is None:
+        return None
     return [[g.sql for g in generations[i * k:(i + 1) * k]] for i in range(len(rows))]
 
 
@@ -210,6 +216,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
         torch.set_num_threads(cfg.num_threads)
     candidates = _sample_candidates(ctx, rows) if cfg.num_candidates else [[] for _ in rows]
+    if not distributed.world().is_main or candidates is None:  # rank 0 mines and publishes
+        return {}
     with SandboxPool(cfg.sandbox_processes) as pool:
         judge = ExecutionJudge(prepared / "database", timeout_s=cfg.sql_timeout_s, row_cap=cfg.row_cap, pool=pool)
         pairs, counts = mine_pairs(rows, candidates, judge, cfg, ctx.run_config.seed)

@@ -49,6 +49,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from .. import distributed
 from ..data.jsonl import read_numbered_records
 from ..errors import BadInput
 from .base import Stage, StageConfigBase, StageContext
@@ -61,7 +62,8 @@ class SFTConfig(StageConfigBase):
 
     max_steps: int = Field(1500, ge=1, description="Optimisation steps (each is batch_size x "
                                                   "gradient_accumulation_steps examples).")
-    batch_size: int = Field(32, ge=1, description="Examples per forward pass (per device).")
+    batch_size: int = Field(32, ge=1, description="Examples per forward pass, global: split evenly over the "
+                                                  "ranks under torchrun (a multiple of the world size).")
     gradient_accumulation_steps: int = Field(1, ge=1, description="Forward passes per optimisation step.")
     learning_rate: float = Field(3e-3, gt=0, description="Peak learning rate (3e-3 suits the from-scratch tiny "
                                                          "model; use about 2e-4 for LoRA on a pretrained base).")
@@ -191,14 +193,17 @@ def run(ctx: StageContext) -> dict[str, Any]:
     from transformers.trainer_utils import set_seed
 
     from ..models.augment import swap_copied_values
-    from ..models.batching import collate, completion_loss, count_tokens, encode_examples, plan_batches
+    from ..models.batching import collate, completion_loss, encode_examples, plan_batches, shard_batch
     from ..models.loading import BaseRef, DirRef, ModelRef, write_model_ref
     from ..models.lora import trainable_parameters
 
     cfg: SFTConfig = ctx.config
     mcfg = ctx.run_config.model
     seed = ctx.run_config.seed
-    torch.set_num_threads(cfg.num_threads or os.cpu_count() or 1)
+    world = distributed.world()
+    # every rank trains a disjoint share of each planned (global) batch; refuse an uneven split early
+    distributed.split_batch(cfg.batch_size, "stages.sft.batch_size", world)
+    torch.set_num_threads(cfg.num_threads or max(1, (os.cpu_count() or 1) // world.local_size))
     if cfg.deepspeed is not None and not torch.cuda.is_available():
         raise BadInput("stages.sft.deepspeed is set but no CUDA GPU is visible: DeepSpeed ZeRO needs GPUs",
                        field="stages.sft.deepspeed", stage=ctx.step.name)
@@ -236,27 +241,34 @@ def run(ctx: StageContext) -> dict[str, Any]:
     plan = plan_batches(examples, batch_size=cfg.batch_size, seed=seed, groups=groups, variant=variant,
                         encode=encode, num_batches=cfg.max_steps * cfg.gradient_accumulation_steps)
 
+    tokens_seen = [0]  # global: every token of every planned batch, whichever rank trained it
+
     class _Plan(torch.utils.data.Dataset):
-        """Item i is the i-th planned batch: the order is fixed, so a resume replays it exactly."""
+        """Item i is this rank's share of the i-th planned batch: the order is fixed, so a resume replays
+        it exactly, on any number of ranks."""
 
         def __len__(self) -> int:
             return len(plan)
 
         def __getitem__(self, i: int):
-            return plan[i]
-
-    tokens_seen = [0]
+            tokens_seen[0] += sum(len(e.input_ids) for e in plan[i].examples)
+            return shard_batch(plan[i], world.rank, world.size)
 
     class _SFTTrainer(Trainer):
         loss_is_scaled_for_ga = True
 
-        def _get_train_sampler(self, *args, **kwargs):
-            return torch.utils.data.SequentialSampler(self.train_dataset)
+        def get_train_dataloader(self):
+            # every rank walks the whole plan and takes its share of each batch (_Plan); the default
+            # loader would instead deal whole batches out to the ranks, changing the global batch
+            return torch.utils.data.DataLoader(
+                self.train_dataset, batch_size=1, sampler=torch.utils.data.SequentialSampler(self.train_dataset),
+                collate_fn=self.data_collator, num_workers=0)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            tokens_seen[0] += count_tokens(inputs)
             if num_items_in_batch is not None:
-                loss = completion_loss(model, inputs, reduction="sum") / num_items_in_batch
+                # num_items_in_batch counts the completion tokens of all ranks; DDP averages gradients over
+                # the ranks, so scale by their number: the gradient of (all ranks' summed loss) / tokens
+                loss = completion_loss(model, inputs, reduction="sum") * world.size / num_items_in_batch
             else:
                 loss = completion_loss(model, inputs) / self.current_gradient_accumulation_steps
             return (loss, None) if return_outputs else loss
@@ -322,7 +334,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
         deepspeed=cfg.deepspeed,
         dataloader_num_workers=0,
         remove_unused_columns=False,
-        disable_tqdm=not _is_tty(),
+        disable_tqdm=not _is_tty() or not world.is_main,
+        average_tokens_across_devices=True,
+        ddp_find_unused_parameters=False,  # every weight is used by every step
         logging_first_step=False,
     )
     trainer = _SFTTrainer(model=model, args=args, train_dataset=_Plan(),
@@ -340,6 +354,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     out = ctx.output_dir
     final = trainer.model
+    if not world.is_main:  # rank 0 publishes; the same weights live on every rank
+        shutil.rmtree(work, ignore_errors=True)
+        return {}
     if mcfg.uses_lora:
         final.save_pretrained(str(out / "adapter"))
         tokenizer.save_pretrained(str(out / "adapter"))

@@ -211,8 +211,12 @@ def _fetch_one(store: ArtifactStore, prefix: str, local_dir: Path, entry: FileEn
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        store.get_file(key, tmp)
-        size, sha = file_sha256(tmp)
+        hashed = getattr(store, "get_file_hashed", None)  # S3: hashed while the bytes arrive, no second read
+        if hashed is not None:
+            size, sha = hashed(key, tmp, size=entry.size)
+        else:
+            store.get_file(key, tmp)
+            size, sha = file_sha256(tmp)
         if size != entry.size or sha != entry.sha256:
             raise ChecksumMismatch(f"downloaded {entry.path} does not match its manifest: expected "
                                    f"{entry.size} bytes sha256 {entry.sha256}, got {size} bytes sha256 {sha}",

@@ -14,6 +14,11 @@ response each, score them (RM / execution / hybrid), turn the scores into per-to
 penalty against the reference, run GAE and ``ppo_epochs`` passes of clipped policy and value updates
 over mini-batches. All tensors of a rollout are ``(batch, response_length)``: position ``i`` is the
 ``i``-th response token, ``mask`` marks real tokens (up to and including EOS), padding is masked out.
+
+Under torchrun (:mod:`text2sql_core.distributed`) ``batch_size`` and ``mini_batch_size`` are global:
+each rank rolls out and scores its share of the step's prompts, advantages are whitened with the
+statistics of all ranks, actor and critic gradients are averaged over the ranks, and the logged
+metrics are global means. In one process all of this is the identity.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from ... import distributed
 from ...errors import BadInput
 from ...models.checkpoint import (
     load_trainable_state,
@@ -58,6 +64,21 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..constrained import TokenConstraints
 
 __all__ = ["PPOTrainer", "Rollout"]
+
+
+def _whiten_over_ranks(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """:func:`masked_whiten` with the mean and (Bessel-corrected) variance of every rank's masked values."""
+    if not distributed.world().distributed:
+        return masked_whiten(values, mask, eps=eps)
+    m = mask.to(values.dtype)
+    total = distributed.all_reduce_sum({"n": float(m.sum()), "sum": float((values * m).sum()),
+                                        "squares": float((values.pow(2) * m).sum())})
+    n = max(total["n"], 1.0)
+    mean = total["sum"] / n
+    var = max(total["squares"] / n - mean * mean, 0.0)
+    if n > 1:
+        var *= n / (n - 1)
+    return (values - mean) * (var + eps) ** -0.5 * m
 
 @dataclass
 class Rollout:
@@ -99,6 +120,10 @@ class PPOTrainer:
         self.seed = seed
         self.on_log = on_log
         self.global_step = 0
+        self.world = distributed.world()
+        distributed.split_batch(config.batch_size, "ppo.batch_size", self.world)
+        if config.mini_batch_size:
+            distributed.split_batch(config.mini_batch_size, "ppo.mini_batch_size", self.world)
         if config.reward.mode in ("execution", "hybrid") and judge is None:
             raise ValueError(f"reward mode `{config.reward.mode}` needs an ExecutionJudge")
         rc = config.reward
@@ -152,14 +177,16 @@ class PPOTrainer:
             return
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.all_reduce_gradients(params)  # the ranks' mini-batch shares make one global mini-batch
         torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
         optimizer.step()
 
     # ------------------------------------------------------------------ prompts
 
     def batch_for_step(self, step: int) -> list[PromptExample]:
-        """The prompts of PPO step ``step`` (the shared seeded plan: a resume sees the same ones)."""
-        return prompt_batch(self.examples, step, self.cfg.batch_size, self.seed)
+        """This rank's share of the prompts of PPO step ``step`` (the shared seeded plan: a resume sees the
+        same ones, on any number of ranks)."""
+        return distributed.shard(prompt_batch(self.examples, step, self.cfg.batch_size, self.seed), self.world)
 
     # ------------------------------------------------------------------ scoring
 
@@ -215,13 +242,14 @@ class PPOTrainer:
                                     clip_score=cfg.reward.clip, kl_kind=cfg.kl_estimator)
         advantages, returns = compute_gae(values, rewards, fmask, cfg.gamma, cfg.lam)
         if cfg.whiten_advantages:
-            advantages = masked_whiten(advantages, fmask)
+            advantages = _whiten_over_ranks(advantages, fmask)
         stats.update({
             "reward": float(scores.mean()),
             "kl": float((kl * fmask).sum(1).mean()),
             "response_length": float(fmask.sum(1).mean()),
             "value_mean": float(masked_mean(values, fmask)),
         })
+        stats = distributed.all_reduce_mean(stats, weight=float(len(examples)))  # global: one value per step
         return Rollout(list(examples), prompt_tokens, responses, fmask, texts, old_logprobs, ref_logprobs, values,
                        scores, rewards, kl, advantages, returns, stats, constraints)
 
@@ -231,7 +259,8 @@ class PPOTrainer:
         """``ppo_epochs`` passes of clipped policy and value updates over mini-batches of ``ro``."""
         cfg = self.cfg
         size = ro.responses.shape[0]
-        mini = min(cfg.mini_batch_size or size, size)
+        # a global mini-batch is every rank's equal share of it
+        mini = min(cfg.mini_batch_size // self.world.size if cfg.mini_batch_size else size, size)
         batches = []
         for start in range(0, size, mini):
             rows = list(range(start, min(start + mini, size)))
@@ -270,7 +299,7 @@ class PPOTrainer:
         self.critic.eval()
         if self.ema is not None:
             self._update_ema()
-        return {k: float(np.mean(v)) for k, v in sums.items()}
+        return distributed.all_reduce_mean({k: float(np.mean(v)) for k, v in sums.items()})
 
     @torch.no_grad()
     def _update_ema(self) -> None:
