@@ -87,7 +87,8 @@ class GRPOBatch:
     examples: list[PromptExample]  # one per row (each prompt repeated G times)
     prompt_tokens: list[list[int]]
     responses: torch.Tensor  # (rows, N) sampled ids, padding after EOS
-    mask: torch.Tensor  # (rows, N) float: the tokens the loss counts (truncated rows zeroed when masked)
+    mask: torch.Tensor  # (rows, N) float: real response tokens (up to and including EOS)
+    loss_mask: torch.Tensor  # (rows, N) float: the tokens the loss counts (truncated rows zeroed when masked)
     texts: list[str]
     rewards: torch.Tensor  # (rows,) weighted sum of the reward terms
     advantages: torch.Tensor  # (rows,)
@@ -135,10 +136,10 @@ class GRPOTrainer:
 
     # ------------------------------------------------------------------ generation
 
-    def _pack(self, batch: GRPOBatch, rows: Sequence[int], mask: torch.Tensor) -> list[PackedGroup]:
+    def _pack(self, batch: GRPOBatch, rows: Sequence[int]) -> list[PackedGroup]:
         index = torch.tensor(list(rows), device=batch.responses.device)
         return pack_rows([batch.prompt_tokens[i] for i in rows], batch.responses.index_select(0, index),
-                         mask.index_select(0, index), [batch.examples[i].db_id for i in rows],
+                         batch.mask.index_select(0, index), [batch.examples[i].db_id for i in rows],
                          self.tokenizer.pad_token_id)
 
     def _chunks(self, size: int) -> list[list[int]]:
@@ -149,10 +150,10 @@ class GRPOTrainer:
         return batch.constraints.select(list(rows)) if batch.constraints is not None else None
 
     @torch.no_grad()
-    def _logprobs(self, batch: GRPOBatch, response_mask: torch.Tensor) -> torch.Tensor:
+    def _logprobs(self, batch: GRPOBatch) -> torch.Tensor:
         parts = []
         for rows in self._chunks(len(batch.examples)):
-            lp, _ = response_logprobs(self.policy, self._pack(batch, rows, response_mask), self.cfg.temperature,
+            lp, _ = response_logprobs(self.policy, self._pack(batch, rows), self.cfg.temperature,
                                       constraints=self._constraints(batch, rows))
             parts.append(lp)
         return torch.cat(parts, dim=0)
@@ -186,13 +187,13 @@ class GRPOTrainer:
             "completion_length": float(fmask.sum(1).mean()),
             "truncated_fraction": float(truncated.float().mean()),
         })
-        batch = GRPOBatch(examples, prompt_tokens, responses, loss_mask, texts, rewards,
+        batch = GRPOBatch(examples, prompt_tokens, responses, fmask, loss_mask, texts, rewards,
                           advantages.to(self.device), None, None, constraints, stats)
         if cfg.num_iterations > 1:
-            batch.old_logprobs = self._logprobs(batch, response_mask)
+            batch.old_logprobs = self._logprobs(batch)
         if cfg.beta > 0:
             with self.policy.disable_adapter():
-                batch.ref_logprobs = self._logprobs(batch, response_mask)
+                batch.ref_logprobs = self._logprobs(batch)
         return batch
 
     # ------------------------------------------------------------------ optimisation
@@ -201,7 +202,7 @@ class GRPOTrainer:
         """``num_iterations`` optimizer steps on ``batch``, each accumulating the chunks' gradients."""
         cfg = self.cfg
         rows_total = len(batch.examples)
-        tokens_total = float(batch.mask.sum())
+        tokens_total = float(batch.loss_mask.sum())
         sums: dict[str, list[float]] = {k: [] for k in ("policy_loss", "clip_low", "clip_high", "kl", "entropy")}
         self.policy.train()
         for _ in range(cfg.num_iterations):
@@ -210,8 +211,8 @@ class GRPOTrainer:
             parts: dict[str, float] = {"clip_low": 0.0, "clip_high": 0.0, "kl": 0.0, "entropy": 0.0}
             for rows in self._chunks(rows_total):
                 index = torch.tensor(rows, device=batch.responses.device)
-                m = batch.mask.index_select(0, index)
-                logprobs, entropy = response_logprobs(self.policy, self._pack(batch, rows, m), cfg.temperature,
+                m = batch.loss_mask.index_select(0, index)
+                logprobs, entropy = response_logprobs(self.policy, self._pack(batch, rows), cfg.temperature,
                                                       with_entropy=True, constraints=self._constraints(batch, rows))
                 old = (batch.old_logprobs.index_select(0, index) if batch.old_logprobs is not None
                        else logprobs.detach())
