@@ -136,7 +136,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         pool.close()
 
     out = ctx.output_dir
-    trainer.publish(out / "adapter")
+    trainer.publish_actor(out / "adapter")
     write_model_ref(out, sft_ref.with_adapter(ctx.step.name, "adapter"))
     (out / "grpo_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [resume_record, *trainer.history]))
     (out / "eval.json").write_text(json.dumps({"before": baseline, "after": final}, indent=2) + "\n")

@@ -267,7 +267,7 @@ class GRPOTrainer:
         return {"reward": float(rewards.mean()), "execution_accuracy": stats["exec_match"],
                 **{k: v for k, v in stats.items() if k.startswith("reward_")}}
 
-    def publish(self, directory: Path) -> None:
+    def publish_actor(self, directory: Path) -> None:
         """Save the policy's adapter (PEFT format); the SFT base is not copied."""
         self.policy.save_pretrained(str(directory))
 
