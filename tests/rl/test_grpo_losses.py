@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from text2sql_core.rl.grpo.losses import group_advantages, grpo_loss
+from text2sql_core.rl.losses import group_advantages, grpo_loss
 
 
 def t(*rows):

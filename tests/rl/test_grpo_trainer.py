@@ -11,9 +11,9 @@ import torch
 from text2sql_core.rl.grpo.config import GRPOConfig
 from text2sql_core.rl.grpo.trainer import GRPOTrainer
 from text2sql_core.rl.packing import response_logprobs
-from text2sql_core.rl.ppo_trainer import PromptExample
 from text2sql_core.rl.reward_model import add_lora
 from text2sql_core.rl.rewards import ExecutionJudge
+from text2sql_core.rl.rollout import PromptExample
 
 
 def make_trainer(policy, tokenizer, rows, judge, **overrides):

@@ -5,9 +5,9 @@ Why not TRL's ``GRPOTrainer`` as it is (we follow its options and names: ``num_g
 ``num_iterations``):
 
 * the reward runs the sampled SQL in our sandbox (:class:`~text2sql_core.sql.sandbox.SandboxPool`:
-  watched worker processes, timeouts, row caps) and compares results under Spider EX semantics; a
-  reward callable could do that, but TRL calls it on decoded text per batch and cannot hand it the
-  judge's cached gold results and pool lifetime we manage per stage;
+  watched worker processes, timeouts, row caps) against gold under Spider EX semantics, with the
+  judge's cached gold results and a pool that lives as long as the stage; that alone would fit TRL's
+  reward-function hook, the next two do not;
 * completions are sampled under predict's value-copy constraint and *scored as the constrained policy*
   (the recorded allowed-token masks renormalise the log-probabilities, see
   :mod:`text2sql_core.rl.constrained`); TRL's generation and log-prob paths know nothing of that, so its
@@ -26,7 +26,6 @@ with a new LoRA adapter; with ``beta > 0`` the reference is the same model with 
 from __future__ import annotations
 
 import math
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -43,41 +42,19 @@ from ...models.checkpoint import (
     trainable_state,
 )
 from ...models.generation import encode_prompts
+from ..losses import group_advantages, grpo_loss
 from ..packing import PackedGroup, pack_rows, response_logprobs
-from ..ppo_trainer import PromptExample, decode_responses, sample_responses
-from ..rewards import ExecutionJudge, Verdict
-from .config import GRPOConfig, RewardTerm
-from .losses import group_advantages, grpo_loss
+from ..rewards import ExecutionJudge, RewardFunctions, Verdict
+from ..rollout import PromptExample, decode_responses, prompt_batch, sample_responses
+from .config import GRPOConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..constrained import TokenConstraints
 
-__all__ = ["GRPOBatch", "GRPOTrainer", "VerdictRewards"]
+__all__ = ["GRPOBatch", "GRPOTrainer", "RMScorer"]
 
-#: the value of each verdict for the execution-based reward terms
-_TERM_VALUES: dict[str, dict[Verdict, float]] = {
-    "graded_execution": {Verdict.MATCH: 1.0, Verdict.MISMATCH: 0.1, Verdict.ERROR: 0.0},
-    "execution": {Verdict.MATCH: 1.0, Verdict.MISMATCH: 0.0, Verdict.ERROR: 0.0},
-    "syntax": {Verdict.MATCH: 1.0, Verdict.MISMATCH: 1.0, Verdict.ERROR: 0.0},
-}
-
-
-class VerdictRewards:
-    """The weighted reward terms of a completion, all read from one execution verdict against gold."""
-
-    def __init__(self, terms: Sequence[RewardTerm], judge: ExecutionJudge) -> None:
-        self.terms = list(terms)
-        self.judge = judge
-
-    def score(self, examples: Sequence[PromptExample], texts: Sequence[str]) -> tuple[torch.Tensor, dict[str, float]]:
-        verdicts = self.judge.verdicts([(e.db_id, e.query, t) for e, t in zip(examples, texts, strict=True)])
-        total = np.zeros(len(verdicts))
-        stats: dict[str, float] = {"exec_match": float(np.mean([v is Verdict.MATCH for v in verdicts]))}
-        for term in self.terms:
-            values = np.array([_TERM_VALUES[term.name][v] for v in verdicts])
-            total += term.weight * values
-            stats[f"reward_{term.name}"] = float(values.mean())
-        return torch.tensor(total, dtype=torch.float32), stats
+#: reward-model scores of (prompt example, SQL) pairs, for an ``rm`` reward term
+RMScorer = Callable[[Sequence[PromptExample], Sequence[str]], list[float]]
 
 
 @dataclass
@@ -102,7 +79,8 @@ class GRPOTrainer:
     """GRPO updates of a policy's LoRA adapter from groups of sampled, executed completions."""
 
     def __init__(self, policy, tokenizer, examples: Sequence[PromptExample], config: GRPOConfig, *,
-                 judge: ExecutionJudge, seed: int = 0, on_log: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 judge: ExecutionJudge | None, rm_scorer: RMScorer | None = None, seed: int = 0,
+                 on_log: Callable[[dict[str, Any]], None] | None = None) -> None:
         if not examples:
             raise ValueError("GRPO needs at least one training prompt")
         self.policy = policy
@@ -110,7 +88,10 @@ class GRPOTrainer:
         self.examples = list(examples)
         self.cfg = config
         self.judge = judge
-        self.rewards = VerdictRewards(config.rewards, judge)
+        self.rewards = RewardFunctions(config.rewards, judge)
+        if self.rewards.needs_rm and rm_scorer is None:
+            raise ValueError("an `rm` reward term needs the reward model's scorer")
+        self.rm_scorer = rm_scorer
         self.seed = seed
         self.on_log = on_log
         self.global_step = 0
@@ -124,15 +105,15 @@ class GRPOTrainer:
     # ------------------------------------------------------------------ prompts
 
     def batch_for_step(self, step: int) -> list[PromptExample]:
-        """The prompts of step ``step``: consecutive slices of a fresh seeded permutation per epoch."""
-        n, b = len(self.examples), self.cfg.batch_size
-        out = []
-        for position in range(step * b, step * b + b):
-            epoch, offset = divmod(position, n)
-            order = list(range(n))
-            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
-            out.append(self.examples[order[offset]])
-        return out
+        """The prompts of step ``step`` (a seeded permutation per epoch: a resumed run sees the same ones)."""
+        return prompt_batch(self.examples, step, self.cfg.batch_size, self.seed)
+
+    def score(self, examples: Sequence[PromptExample], texts: Sequence[str]) -> tuple[torch.Tensor, dict[str, float]]:
+        """The weighted reward terms of each completion, and each term's mean."""
+        rm_scores = self.rm_scorer(examples, texts) if self.rewards.needs_rm and self.rm_scorer else None
+        totals, stats = self.rewards.score([(e.db_id, e.query, t) for e, t in zip(examples, texts, strict=True)],
+                                           rm_scores)
+        return torch.tensor(totals, dtype=torch.float32), stats
 
     # ------------------------------------------------------------------ generation
 
@@ -174,7 +155,7 @@ class GRPOTrainer:
         prompt_tokens = [row[m.bool()].tolist() for row, m in zip(enc["input_ids"], enc["attention_mask"],
                                                                    strict=True)]
         texts = decode_responses(tok, responses, response_mask)
-        rewards, stats = self.rewards.score(examples, texts)
+        rewards, stats = self.score(examples, texts)
         advantages, zero_std = group_advantages(rewards, g, cfg.scale_rewards)
         fmask = response_mask.float()
         truncated = ~((responses == tok.eos_token_id) & response_mask.bool()).any(dim=1)
@@ -263,9 +244,15 @@ class GRPOTrainer:
         generations = generate_sql(self.policy, self.tokenizer, [e.prompt for e in examples], batch_size=batch_size,
                                    max_new_tokens=self.cfg.max_new_tokens,
                                    max_source_length=self.cfg.max_source_length, copy_values=self.cfg.copy_values)
-        rewards, stats = self.rewards.score(examples, [g.sql for g in generations])
-        return {"reward": float(rewards.mean()), "execution_accuracy": stats["exec_match"],
-                **{k: v for k, v in stats.items() if k.startswith("reward_")}}
+        rewards, stats = self.score(examples, [g.sql for g in generations])
+        out = {"reward": float(rewards.mean()), **{k: v for k, v in stats.items() if k.startswith("reward_")}}
+        if "exec_match" not in stats and self.judge is not None:  # an rm-only reward: EX is still the measure
+            verdicts = self.judge.verdicts([(e.db_id, e.query, g.sql) for e, g in zip(examples, generations,
+                                                                                      strict=True)])
+            stats["exec_match"] = float(np.mean([v is Verdict.MATCH for v in verdicts]))
+        if "exec_match" in stats:
+            out["execution_accuracy"] = stats["exec_match"]
+        return out
 
     def publish_actor(self, directory: Path) -> None:
         """Save the policy's adapter (PEFT format); the SFT base is not copied."""
