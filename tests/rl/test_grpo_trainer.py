@@ -16,12 +16,12 @@ from text2sql_core.rl.rewards import ExecutionJudge
 from text2sql_core.rl.rollout import PromptExample
 
 
-def make_trainer(policy, tokenizer, rows, judge, **overrides):
+def make_trainer(policy, tokenizer, rows, judge, rm_scorer=None, **overrides):
     torch.manual_seed(1)
     actor = add_lora(policy, r=4, alpha=8, dropout=0.0, target_modules="all-linear", task="CAUSAL_LM").eval()
     settings = {"batch_size": 2, "num_generations": 3, "max_new_tokens": 10, "learning_rate": 1e-2, **overrides}
     examples = [PromptExample(r["prompt"], r["db_id"], r["query"]) for r in rows[:8]]
-    return GRPOTrainer(actor, tokenizer, examples, GRPOConfig(**settings), judge=judge, seed=3)
+    return GRPOTrainer(actor, tokenizer, examples, GRPOConfig(**settings), judge=judge, rm_scorer=rm_scorer, seed=3)
 
 
 def with_advantages(batch, values):
@@ -153,3 +153,23 @@ def test_config_refusals_name_the_field_and_the_fix():
     with pytest.raises(ValueError, match="`rewards` is empty"):
         GRPOConfig(rewards=[])
     assert GRPOConfig().rewards[0].name == "graded_execution"
+
+
+def test_an_rm_term_is_scored_by_the_reward_model_scorer(tiny_policy, tiny_tokenizer, spider_rows, judge):
+    with pytest.raises(ValueError, match="`rm` reward term needs the reward model's scorer"):
+        make_trainer(copy.deepcopy(tiny_policy), tiny_tokenizer, spider_rows, judge, rewards=[{"name": "rm"}])
+    seen = []
+
+    def length_score(examples, texts):  # a stand-in reward model: longer SQL scores higher
+        seen.append(len(texts))
+        return [float(len(t)) for t in texts]
+
+    trainer = make_trainer(tiny_policy, tiny_tokenizer, spider_rows, judge, rm_scorer=length_score,
+                           rewards=[{"name": "rm", "weight": 0.5}, {"name": "syntax"}])
+    torch.manual_seed(0)
+    batch = trainer.generate(trainer.batch_for_step(0))
+    assert seen == [6]
+    # random weights: nothing runs (syntax 0), so the reward is half the length score
+    torch.testing.assert_close(batch.rewards, torch.tensor([0.5 * len(t) for t in batch.texts]))
+    assert batch.stats["reward_rm"] == pytest.approx(sum(len(t) for t in batch.texts) / 6)
+    assert batch.stats["reward_syntax"] == 0.0
