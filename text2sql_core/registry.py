@@ -90,6 +90,11 @@ KINDS: tuple[StageKind, ...] = (
               inputs=("prepare", "sft", "rm"),
               outputs=("adapter/", "model_ref.json", "ppo_log.jsonl", "curves.png", "eval.json"),
               section="PPO training of the policy (rl.algorithm: ppo)."),
+    StageKind("grpo", "text2sql_core.rl.grpo.config:GRPOConfig", role="rl",
+              description="GRPO: G completions per prompt, group-normalised execution rewards, no critic.",
+              inputs=("prepare", "sft"), extra_inputs=_grpo_extra_inputs,
+              outputs=("adapter/", "model_ref.json", "grpo_log.jsonl", "curves.png", "eval.json"),
+              section="GRPO training of the policy (rl.algorithm: grpo)."),
 )
 
 #: kinds ``rl.algorithm`` can name, in declared order

@@ -1,0 +1,1 @@
+"""GRPO: config beside trainer (as TRL), losses in their own module."""
