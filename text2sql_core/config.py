@@ -118,12 +118,23 @@ def _check_algorithm_named(doc: dict[str, Any], source: str) -> None:
     chosen = rl.get("algorithm", DEFAULT_ALGORITHM) if isinstance(rl, dict) else DEFAULT_ALGORITHM
     if not isinstance(stages, dict) or not isinstance(chosen, str):
         return
-    others = [k for k in RL_KINDS if k in stages and k != chosen]
+    others = [k for k in RL_KINDS if k in stages and k != chosen and _differs_from_defaults(k, stages[k])]
     if others:
         named = "`rl.algorithm`" if isinstance(rl, dict) and "algorithm" in rl else "the default `rl.algorithm`"
         raise BadInput(f"`stages.{others[0]}` is set but {named} is {chosen!r}: add `rl: {{algorithm: {others[0]}}}` "
                        f"to train with {others[0]}, or remove `stages.{others[0]}`", uri=source,
                        field=f"stages.{others[0]}")
+
+
+def _differs_from_defaults(kind: str, section: Any) -> bool:
+    """A section equal to the defaults (as a dumped RunConfig writes every section) chooses nothing."""
+    if not isinstance(section, dict):
+        return True
+    cls = config_class(kind)
+    try:
+        return cls.model_validate(section).model_dump() != cls().model_dump()
+    except ValidationError:
+        return True  # reported with its field by the validation that follows
 
 
 def parse_run_config(doc: Any, *, source: str = "<config>") -> RunConfig:
