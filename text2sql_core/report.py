@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import RunConfig
-from .graph import STEPS
+from .graph import STEPS, Step, steps_for
 from .store import ArtifactStore, open_store
 from .store.manifest import Manifest, fetch, publish, read_manifest
 
@@ -21,11 +21,17 @@ __all__ = ["collect_run", "render_report", "write_run_report"]
 
 HARDNESS = ("easy", "medium", "hard", "extra", "all")
 #: per step: the JSONL training logs the report plots (the first one a step published)
-CURVE_FILES = {"sft": ("loss_log.jsonl",), "rm": ("rm_log.jsonl",), "ppo": ("ppo_log.jsonl",)}
+CURVE_FILES = {"sft": ("loss_log.jsonl",), "rm": ("rm_log.jsonl",),
+               "rl": ("ppo_log.jsonl", "grpo_log.jsonl", "dpo_log.jsonl")}
 
 
-def collect_run(store: ArtifactStore, run_id: str) -> dict[str, Manifest | None]:
-    return {s.name: read_manifest(store, f"runs/{run_id}/{s.name}") for s in STEPS}
+def collect_run(store: ArtifactStore, run_id: str, steps: tuple[Step, ...] = STEPS) -> dict[str, Manifest | None]:
+    return {s.name: read_manifest(store, f"runs/{run_id}/{s.name}") for s in steps}
+
+
+def _algorithm(manifests: dict[str, Manifest | None]) -> str:
+    rl = manifests.get("rl")
+    return rl.kind.upper() if rl is not None else "RL"
 
 
 def _read_log(store: ArtifactStore, run_id: str, step: str, manifest: Manifest, tmp: Path) -> list[dict[str, Any]]:
@@ -50,10 +56,11 @@ def _fmt(v: Any) -> str:
 def render_report(run_id: str, manifests: dict[str, Manifest | None], curves: dict[str, list[dict[str, Any]]],
                   plot_name: str | None) -> str:
     sft = manifests.get("evaluate_sft")
-    ppo = manifests.get("evaluate_ppo")
+    ppo = manifests.get("evaluate_rl")
+    algo = _algorithm(manifests)
     lines = [f"# Run `{run_id}`", "", f"Written {datetime.now(UTC).isoformat(timespec='seconds')}.", ""]
     lines += ["## Execution accuracy (EX) and exact match (EM) per hardness", "",
-              "| hardness | SFT EX | RLHF EX | SFT EM | RLHF EM |", "| --- | --- | --- | --- | --- |"]
+              f"| hardness | SFT EX | {algo} EX | SFT EM | {algo} EM |", "| --- | --- | --- | --- | --- |"]
     for h in HARDNESS:
         key = "" if h == "all" else f"_{h}"
         row = [h]
@@ -62,7 +69,7 @@ def render_report(run_id: str, manifests: dict[str, Manifest | None], curves: di
                 row.append(_fmt(m.metrics.get(f"{metric}{key}") if m else None))
         lines.append(f"| {row[0]} | {row[1]} | {row[2]} | {row[3]} | {row[4]} |")
     if sft and ppo and isinstance(sft.metrics.get("ex"), float) and isinstance(ppo.metrics.get("ex"), float):
-        lines += ["", (f"RLHF changes EX by {100 * (ppo.metrics['ex'] - sft.metrics['ex']):+.1f} points and EM by "
+        lines += ["", (f"RL ({algo}) changes EX by {100 * (ppo.metrics['ex'] - sft.metrics['ex']):+.1f} points and EM by "
                       f"{100 * (ppo.metrics.get('em', 0.0) - sft.metrics.get('em', 0.0)):+.1f} points.")]
     rm = manifests.get("rm")
     lines += ["", "## Reward model", ""]
@@ -77,15 +84,15 @@ def render_report(run_id: str, manifests: dict[str, Manifest | None], curves: di
     else:
         lines.append("Not run.")
     lines += ["", "## Steps", "", "| step | state | seconds | key metrics |", "| --- | --- | --- | --- |"]
-    for s in STEPS:
-        m = manifests.get(s.name)
+    for name in manifests:
+        m = manifests.get(name)
         if m is None:
-            lines.append(f"| {s.name} | not published | – | |")
+            lines.append(f"| {name} | not published | – | |")
             continue
         secs = m.metrics.get("seconds", (m.finished_at - m.started_at).total_seconds())
         keys = {k: v for k, v in m.metrics.items() if k != "seconds" and isinstance(v, int | float)}
         shown = ", ".join(f"{k}={_fmt(v)}" for k, v in list(keys.items())[:6])
-        lines.append(f"| {s.name} | published | {_fmt(float(secs))} | {shown} |")
+        lines.append(f"| {name} | published | {_fmt(float(secs))} | {shown} |")
     if plot_name:
         lines += ["", "## Curves", "", f"![training curves and accuracy]({plot_name})"]
     return "\n".join(lines) + "\n"
@@ -97,8 +104,9 @@ def _plot(path: Path, manifests: dict[str, Manifest | None], curves: dict[str, l
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("sft", "loss", "SFT loss"), ("rm", "loss", "RM loss"), ("ppo", "reward", "PPO reward"),
-              ("ppo", "kl", "PPO KL to reference")]
+    algo = _algorithm(manifests)
+    panels = [("sft", "loss", "SFT loss"), ("rm", "loss", "RM loss"), ("rl", "reward", f"{algo} reward"),
+              ("rl", "kl", f"{algo} KL to reference")]
     fig, axes = plt.subplots(1, 5, figsize=(22, 4))
     for ax, (step, key, title) in zip(axes, panels, strict=False):
         rows = [r for r in curves.get(step, []) if key in r]
@@ -112,8 +120,8 @@ def _plot(path: Path, manifests: dict[str, Manifest | None], curves: dict[str, l
     ax = axes[-1]
     width = 0.2
     xs = range(len(HARDNESS))
-    for j, (step, metric, label) in enumerate((("evaluate_sft", "ex", "SFT EX"), ("evaluate_ppo", "ex", "RLHF EX"),
-                                               ("evaluate_sft", "em", "SFT EM"), ("evaluate_ppo", "em", "RLHF EM"))):
+    for j, (step, metric, label) in enumerate((("evaluate_sft", "ex", "SFT EX"), ("evaluate_rl", "ex", f"{algo} EX"),
+                                               ("evaluate_sft", "em", "SFT EM"), ("evaluate_rl", "em", f"{algo} EM"))):
         m = manifests.get(step)
         vals = [(m.metrics.get(metric + ("" if h == "all" else f"_{h}")) or 0.0) if m else 0.0 for h in HARDNESS]
         ax.bar([x + (j - 1.5) * width for x in xs], vals, width, label=label)
@@ -130,7 +138,7 @@ def write_run_report(run_config: RunConfig, *, base_dir: Path | None = None) -> 
     """Write ``report.md`` + ``report.png`` locally and publish them as ``runs/<run>/report``."""
     store = open_store(run_config.store, base_dir=base_dir)
     run_id = run_config.run_id
-    manifests = collect_run(store, run_id)
+    manifests = collect_run(store, run_id, steps_for(run_config))
     root = Path(run_config.workdir)
     if not root.is_absolute():
         root = (base_dir or Path.cwd()) / root
