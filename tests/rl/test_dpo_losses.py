@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from text2sql_core.rl.dpo.trainer import dpo_loss, sequence_logprobs
+from text2sql_core.rl.losses import dpo_loss, sequence_logprobs
 
 # One pair: log pi(c) = -2, log pi(r) = -5, log ref(c) = -3, log ref(r) = -4, beta = 0.1.
 # Log-ratios: chosen -2 - (-3) = 1, rejected -5 - (-4) = -1, so h = 0.1 * (1 - (-1)) = 0.2 and

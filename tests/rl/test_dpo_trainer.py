@@ -91,7 +91,7 @@ def test_reference_stays_the_sft_policy_and_only_the_adapter_trains(tiny_policy,
 
 
 def response_logprobs_of(model, batch):
-    from text2sql_core.rl.dpo.trainer import sequence_logprobs
+    from text2sql_core.rl.losses import sequence_logprobs
     from text2sql_core.rl.packing import response_logprobs
 
     tokens, _ = response_logprobs(model, batch.groups)

@@ -1,4 +1,4 @@
-"""The PPO arithmetic, kept apart from the loop so that every formula is unit-tested by hand.
+"""The RL arithmetic (PPO, then DPO), kept apart from the loops so that every formula is unit-tested by hand.
 
 All tensors are ``(batch, time)`` over one sequence layout (prompt + response + padding); a float
 ``mask`` of the same shape marks the positions that are actions (response tokens). Every reduction
@@ -17,10 +17,12 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "DPOLossOutput",
     "KLKind",
     "PolicyLossOutput",
     "ValueLossOutput",
     "compute_gae",
+    "dpo_loss",
     "entropy_from_logits",
     "kl_penalty",
     "last_token_index",
@@ -29,6 +31,7 @@ __all__ = [
     "masked_var",
     "masked_whiten",
     "policy_loss",
+    "sequence_logprobs",
     "token_rewards",
     "value_loss",
 ]
@@ -212,3 +215,43 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
     with torch.no_grad():
         clip_fraction = masked_mean((loss_clipped > loss_unclipped).to(values.dtype), mask)
     return ValueLossOutput(loss=loss, clip_fraction=clip_fraction)
+
+
+# ---------------------------------------------------------------------------- DPO
+# Sequence-level: one log-probability per answer (summed over its tokens), one loss term per pair.
+
+
+def sequence_logprobs(token_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` sum of the per-token log-probs where ``mask`` is 1 (answer tokens); prompt and padding add nothing.
+
+    ``torch.where`` rather than a product, so that whatever sits at masked positions (even -inf) is ignored.
+    """
+    return torch.where(mask.bool(), token_logprobs, torch.zeros_like(token_logprobs)).sum(-1)
+
+
+@dataclass
+class DPOLossOutput:
+    """The mean loss and, per pair, what it is made of (detached)."""
+
+    loss: torch.Tensor  # scalar, with gradients
+    chosen_rewards: torch.Tensor  # (B,) beta * (log pi(chosen) - log ref(chosen))
+    rejected_rewards: torch.Tensor  # (B,) beta * (log pi(rejected) - log ref(rejected))
+
+    @property
+    def margins(self) -> torch.Tensor:
+        return self.chosen_rewards - self.rejected_rewards
+
+
+def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
+             ref_rejected: torch.Tensor, *, beta: float, label_smoothing: float = 0.0) -> DPOLossOutput:
+    """The sigmoid DPO loss from sequence log-probs ``(B,)``, averaged over pairs.
+
+    With ``h = beta * ((pi_c - ref_c) - (pi_r - ref_r))`` the loss is
+    ``-(1 - eps) * log sigmoid(h) - eps * log sigmoid(-h)``: ``eps = 0`` is DPO, ``eps > 0`` is
+    conservative DPO (the preference is taken to be wrong with probability ``eps``).
+    """
+    chosen_ratio = policy_chosen - ref_chosen
+    rejected_ratio = policy_rejected - ref_rejected
+    logits = beta * (chosen_ratio - rejected_ratio)
+    losses = -(1.0 - label_smoothing) * F.logsigmoid(logits) - label_smoothing * F.logsigmoid(-logits)
+    return DPOLossOutput(losses.mean(), (beta * chosen_ratio).detach(), (beta * rejected_ratio).detach())

@@ -14,14 +14,14 @@ Why not TRL's ``DPOTrainer``: it is a ``transformers.Trainer``, which writes its
 checkpoints through the artifact store (``CheckpointStore``, resumed after a kill -9 of the pod) with
 one training-state file (:mod:`text2sql_core.models.checkpoint`); and its collator pads each
 prompt + answer row in full, while the packed scoring runs a database's ~450-token shared prompt
-prefix once per batch (the answer is ~15 tokens), which is most of the cost on CPU. The loss itself
-follows TRL's ``sigmoid`` loss (label smoothing = conservative DPO, ``rpo_alpha`` = RPO's NLL term).
+prefix once per batch (the answer is ~15 tokens), which is most of the cost on CPU. The loss
+(:func:`text2sql_core.rl.losses.dpo_loss`) is TRL's ``sigmoid`` loss; label smoothing makes it
+conservative DPO and ``rpo_alpha`` adds RPO's NLL term on the chosen answer.
 """
 
 from __future__ import annotations
 
 import math
-import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,52 +30,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from ..losses import dpo_loss, masked_mean, sequence_logprobs
 from ..packing import PackedGroup, pack_rows, response_logprobs
-from ..ppo_math import masked_mean
+from ..rollout import prompt_batch
 from .config import DPOConfig
 
-__all__ = ["DPOLossOutput", "DPOTrainer", "EncodedPairs", "dpo_loss", "sequence_logprobs"]
-
-
-# ---------------------------------------------------------------------------- losses
-
-
-def sequence_logprobs(token_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``(B,)`` sum of the per-token log-probs where ``mask`` is 1 (answer tokens); prompt and padding add nothing.
-
-    ``torch.where`` rather than a product, so that whatever sits at masked positions (even -inf) is ignored.
-    """
-    return torch.where(mask.bool(), token_logprobs, torch.zeros_like(token_logprobs)).sum(-1)
-
-
-@dataclass
-class DPOLossOutput:
-    """The mean loss and, per pair, what it is made of (detached)."""
-
-    loss: torch.Tensor  # scalar, with gradients
-    chosen_rewards: torch.Tensor  # (B,) beta * (log pi(chosen) - log ref(chosen))
-    rejected_rewards: torch.Tensor  # (B,) beta * (log pi(rejected) - log ref(rejected))
-
-    @property
-    def margins(self) -> torch.Tensor:
-        return self.chosen_rewards - self.rejected_rewards
-
-
-def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
-             ref_rejected: torch.Tensor, *, beta: float, label_smoothing: float = 0.0) -> DPOLossOutput:
-    """The sigmoid DPO loss from sequence log-probs ``(B,)``, averaged over pairs.
-
-    With ``h = beta * ((pi_c - ref_c) - (pi_r - ref_r))`` the loss is
-    ``-(1 - eps) * log sigmoid(h) - eps * log sigmoid(-h)``: ``eps = 0`` is DPO, ``eps > 0`` is
-    conservative DPO (the preference is taken to be wrong with probability ``eps``).
-    """
-    chosen_ratio = policy_chosen - ref_chosen
-    rejected_ratio = policy_rejected - ref_rejected
-    logits = beta * (chosen_ratio - rejected_ratio)
-    losses = -(1.0 - label_smoothing) * F.logsigmoid(logits) - label_smoothing * F.logsigmoid(-logits)
-    return DPOLossOutput(losses.mean(), (beta * chosen_ratio).detach(), (beta * rejected_ratio).detach())
+__all__ = ["DPOTrainer", "EncodedPairs"]
 
 
 # ---------------------------------------------------------------------------- batches
@@ -119,15 +80,8 @@ class DPOTrainer:
     # ------------------------------------------------------------------ pairs
 
     def batch_for_step(self, step: int) -> list[dict[str, Any]]:
-        """The pairs of (0-based) step ``step``: consecutive slices of a fresh seeded permutation per epoch."""
-        n, b = len(self.train_pairs), self.cfg.batch_size
-        out = []
-        for position in range(step * b, step * b + b):
-            epoch, offset = divmod(position, n)
-            order = list(range(n))
-            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
-            out.append(self.train_pairs[order[offset]])
-        return out
+        """The pairs of (0-based) step ``step``: slices of a seeded permutation per epoch (same after a resume)."""
+        return prompt_batch(self.train_pairs, step, self.cfg.batch_size, self.seed)
 
     def encode(self, pairs: Sequence[dict[str, Any]]) -> EncodedPairs:
         """Tokenize as SFT does (bos + prompt cut from the left, answer + eos) and pack by database."""
@@ -258,7 +212,7 @@ class DPOTrainer:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def publish(self, directory: Path) -> None:
+    def publish_actor(self, directory: Path) -> None:
         """Save the DPO adapter (PEFT format); the SFT base is not copied."""
         self.policy.save_pretrained(str(directory))
 
