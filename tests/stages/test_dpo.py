@@ -68,7 +68,7 @@ def test_dpo_ranks_held_out_pairs_and_predict_loads_its_adapter(rm_run, tmp_path
     assert [r["step"] for r in steps if "eval_accuracy" in r] == [30, 60]
     assert (out / "curves.png").stat().st_size > 1000
     report = json.loads((out / "eval.json").read_text())
-    assert report["algorithm"] == "dpo" and report["after"]["pairs"]["pairs"] == 87
+    assert report["algorithm"] == "dpo" and report["after"]["pairs"]["pairs"] == metrics["eval_pairs"] > 0
     ref = json.loads((out / "model_ref.json").read_text())
     assert ref["adapters"][-1] == {"step": RL_STEP, "dir": "adapter"}
 
