@@ -95,6 +95,11 @@ KINDS: tuple[StageKind, ...] = (
               inputs=("prepare", "sft"), extra_inputs=_grpo_extra_inputs,
               outputs=("adapter/", "model_ref.json", "grpo_log.jsonl", "curves.png", "eval.json"),
               section="GRPO training of the policy (rl.algorithm: grpo)."),
+    StageKind("dpo", "text2sql_core.rl.dpo.config:DPOConfig", role="rl",
+              description="Offline DPO on the mined (gold, wrong SQL) pairs; reference = the SFT policy.",
+              inputs=("prepare", "sft", "rm_data"),
+              outputs=("adapter/", "model_ref.json", "dpo_log.jsonl", "curves.png", "eval.json"),
+              section="DPO training of the policy (rl.algorithm: dpo)."),
 )
 
 #: kinds ``rl.algorithm`` can name, in declared order

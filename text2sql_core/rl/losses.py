@@ -1,12 +1,12 @@
-"""The PPO arithmetic, kept apart from the loop so that every formula is unit-tested by hand.
+"""Every RL loss in one module (PPO, GRPO, DPO), kept apart from the loops so that every formula is unit-tested by hand.
 
 All tensors are ``(batch, time)`` over one sequence layout (prompt + response + padding); a float
 ``mask`` of the same shape marks the positions that are actions (response tokens). Every reduction
 is a *masked* one, so prompt and padding tokens never contribute to a loss, a statistic or an
 advantage. Conventions follow InstructGPT / DeepSpeed-Chat: the reward is a per-token KL penalty
 plus the (clipped) sequence score at the last response token; advantages come from GAE; the
-policy and value losses are the clipped PPO surrogates. GRPO's group advantages and its three
-token normalisations are the last section.
+policy and value losses are the clipped PPO surrogates. Then GRPO's group advantages and its three
+token normalisations, then DPO's sequence-level sigmoid loss.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "DPOLossOutput",
     "GRPOLossOutput",
     "GRPOLossType",
     "KLKind",
@@ -25,6 +26,7 @@ __all__ = [
     "RewardScaling",
     "ValueLossOutput",
     "compute_gae",
+    "dpo_loss",
     "entropy_from_logits",
     "group_advantages",
     "grpo_loss",
@@ -35,6 +37,7 @@ __all__ = [
     "masked_var",
     "masked_whiten",
     "policy_loss",
+    "sequence_logprobs",
     "token_rewards",
     "value_loss",
 ]
@@ -317,3 +320,43 @@ def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: to
         clip_high = (((ratio > 1.0 + eps_high) & (adv > 0)).to(mask.dtype) * mask).sum() / counted
         mean_kl = (kl.detach() * mask).sum() / counted
     return GRPOLossOutput(loss=loss, clip_low=clip_low, clip_high=clip_high, kl=mean_kl)
+
+
+# ---------------------------------------------------------------------------- DPO
+# Sequence-level: one log-probability per answer (summed over its tokens), one loss term per pair.
+
+
+def sequence_logprobs(token_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` sum of the per-token log-probs where ``mask`` is 1 (answer tokens); prompt and padding add nothing.
+
+    ``torch.where`` rather than a product, so that whatever sits at masked positions (even -inf) is ignored.
+    """
+    return torch.where(mask.bool(), token_logprobs, torch.zeros_like(token_logprobs)).sum(-1)
+
+
+@dataclass
+class DPOLossOutput:
+    """The mean loss and, per pair, what it is made of (detached)."""
+
+    loss: torch.Tensor  # scalar, with gradients
+    chosen_rewards: torch.Tensor  # (B,) beta * (log pi(chosen) - log ref(chosen))
+    rejected_rewards: torch.Tensor  # (B,) beta * (log pi(rejected) - log ref(rejected))
+
+    @property
+    def margins(self) -> torch.Tensor:
+        return self.chosen_rewards - self.rejected_rewards
+
+
+def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
+             ref_rejected: torch.Tensor, *, beta: float, label_smoothing: float = 0.0) -> DPOLossOutput:
+    """The sigmoid DPO loss from sequence log-probs ``(B,)``, averaged over pairs.
+
+    With ``h = beta * ((pi_c - ref_c) - (pi_r - ref_r))`` the loss is
+    ``-(1 - eps) * log sigmoid(h) - eps * log sigmoid(-h)``: ``eps = 0`` is DPO, ``eps > 0`` is
+    conservative DPO (the preference is taken to be wrong with probability ``eps``).
+    """
+    chosen_ratio = policy_chosen - ref_chosen
+    rejected_ratio = policy_rejected - ref_rejected
+    logits = beta * (chosen_ratio - rejected_ratio)
+    losses = -(1.0 - label_smoothing) * F.logsigmoid(logits) - label_smoothing * F.logsigmoid(-logits)
+    return DPOLossOutput(losses.mean(), (beta * chosen_ratio).detach(), (beta * rejected_ratio).detach())

@@ -40,4 +40,13 @@ grpo+rm:
 - {name: rl, kind: grpo, dependsOn: [prepare, sft, rm]}
 - {name: predict_rl, kind: predict, dependsOn: [prepare, rl]}
 - {name: evaluate_rl, kind: evaluate, dependsOn: [prepare, predict_rl]}
+dpo:
+- {name: prepare, kind: prepare, dependsOn: []}
+- {name: sft, kind: sft, dependsOn: [prepare]}
+- {name: predict_sft, kind: predict, dependsOn: [prepare, sft]}
+- {name: evaluate_sft, kind: evaluate, dependsOn: [prepare, predict_sft]}
+- {name: rm_data, kind: rm_data, dependsOn: [prepare, sft]}
+- {name: rl, kind: dpo, dependsOn: [prepare, sft, rm_data]}
+- {name: predict_rl, kind: predict, dependsOn: [prepare, rl]}
+- {name: evaluate_rl, kind: evaluate, dependsOn: [prepare, predict_rl]}
 {{- end }}
