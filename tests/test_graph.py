@@ -45,3 +45,32 @@ def test_unknown_algorithm_is_bad_input() -> None:
 
     with pytest.raises(BadInput, match="unknown RL algorithm 'a2c'"):
         build_steps("a2c")
+
+
+def test_a_config_for_another_algorithm_says_what_to_write() -> None:
+    from text2sql_core.config import RunConfig, parse_run_config
+
+    with pytest.raises(BadInput, match=r"`stages.ppo` is set but `rl.algorithm` is 'grpo': add `rl: \{algorithm: ppo\}`"):
+        parse_run_config({"rl": {"algorithm": "grpo"}, "stages": {"ppo": {"max_steps": 3}}})
+    # a dumped config names every section with its defaults: that chooses nothing and round-trips
+    dumped = RunConfig.model_validate({"rl": {"algorithm": "dpo"}}).model_dump(mode="json")
+    assert "ppo" in dumped["stages"]
+    assert parse_run_config(dumped).rl.algorithm == "dpo"
+
+
+def test_graphs_of_grpo_and_dpo() -> None:
+    from text2sql_core.config import RunConfig
+    from text2sql_core.graph import steps_for
+
+    grpo = RunConfig.model_validate({"rl": {"algorithm": "grpo"}})
+    assert step_names(steps_for(grpo)) == ["prepare", "sft", "predict_sft", "evaluate_sft", "rl", "predict_rl",
+                                           "evaluate_rl"]
+    with_rm = RunConfig.model_validate({"rl": {"algorithm": "grpo"},
+                                        "stages": {"grpo": {"rewards": [{"name": "graded_execution"},
+                                                                        {"name": "rm", "weight": 0.5}]}}})
+    steps = steps_for(with_rm)
+    assert "rm_data" in step_names(steps) and get_step("rl", steps).inputs == ("prepare", "sft", "rm")
+    dpo = steps_for(RunConfig.model_validate({"rl": {"algorithm": "dpo"}}))
+    assert get_step("rl", dpo).inputs == ("prepare", "sft", "rm_data") and "rm" not in step_names(dpo)
+    with pytest.raises(BadInput, match="unknown step 'rm' in this run's graph"):
+        get_step("rm", dpo)

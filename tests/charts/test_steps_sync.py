@@ -58,3 +58,8 @@ def test_values_schema_names_every_step() -> None:
     schema = json.loads((CHART / "values.schema.json").read_text())
     assert schema["properties"]["stage"]["enum"] == ["", *all_step_names()]
     assert list(schema["properties"]["stages"]["properties"]) == all_step_names()
+
+
+def test_single_stage_outside_the_algorithms_graph_fails_with_the_reason() -> None:
+    with pytest.raises(HelmError, match="not a step of this run's graph"):
+        render({"runConfig": {"rl": {"algorithm": "grpo"}}}, set_values=["stage=rm"])
