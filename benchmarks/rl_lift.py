@@ -117,7 +117,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path(".t2s/bench-rl-lift"), help="cache directory")
     parser.add_argument("--algorithms", nargs="+", default=None, help="default: every registered RL algorithm")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="RL seeds")
-    parser.add_argument("--sft-steps", type=int, default=600, help="SFT steps (under-trained on purpose)")
+    parser.add_argument("--sft-steps", type=int, default=300, help="SFT steps (under-trained on purpose)")
     parser.add_argument("--rm-prompts", type=int, default=240, help="training prompts mined for pairs")
     parser.add_argument("--rm-steps", type=int, default=120, help="reward-model steps")
     parser.add_argument("--shared-seed", type=int, default=42, help="run seed of the shared SFT and RM steps")
@@ -144,8 +144,8 @@ def main() -> None:
     sft_ex = shared["evaluate_sft"]["ex"]
 
     rows = []
-    for algorithm in algorithms:
-        for seed in args.seeds:
+    for seed in args.seeds:  # seed-major: an interrupted benchmark has every algorithm at its first seeds
+        for algorithm in algorithms:
             seed_root = root / f"{algorithm}-seed-{seed}"
             run_dir = seed_root / "store" / "runs" / "lift"
             for step in SHARED_STEPS:
