@@ -21,7 +21,7 @@ from typing import Any
 from ..errors import BadInput
 from ..rl.dpo.config import DPOConfig
 from .base import Stage, StageContext
-from .rl_loop import run_rl_training
+from .rl_loop import require_one_process, run_rl_training
 
 __all__ = ["STAGE", "DPOConfig", "run"]
 
@@ -31,6 +31,8 @@ CURVES = ("loss", "margin", "accuracy", "rewards_chosen", "rewards_rejected", "e
 
 def run(ctx: StageContext) -> dict[str, Any]:
     import torch
+
+    require_one_process("dpo")
 
     from ..models.loading import load_policy_from_step, read_model_ref
     from ..rl.dpo.trainer import DPOTrainer

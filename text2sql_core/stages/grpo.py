@@ -20,7 +20,7 @@ from typing import Any
 from ..errors import BadInput
 from ..rl.grpo.config import GRPOConfig
 from .base import Stage, StageContext
-from .rl_loop import run_rl_training
+from .rl_loop import require_one_process, run_rl_training
 
 __all__ = ["STAGE", "GRPOConfig", "run"]
 
@@ -30,6 +30,8 @@ CURVES = ("reward", "exec_match", "frac_reward_zero_std", "reward_std", "clip_hi
 
 def run(ctx: StageContext) -> dict[str, Any]:
     import torch
+
+    require_one_process("grpo")
 
     from ..models.loading import load_policy_from_step, read_model_ref
     from ..rl.grpo.trainer import GRPOTrainer

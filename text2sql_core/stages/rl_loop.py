@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from .base import StageContext
 
-__all__ = ["RLTrainer", "plot_curves", "run_rl_training"]
+__all__ = ["RLTrainer", "plot_curves", "require_one_process", "run_rl_training"]
 
 
 class RLTrainer(Protocol):
@@ -33,6 +33,17 @@ class RLTrainer(Protocol):
     def publish_actor(self, directory: Path) -> None: ...
 
     def optimizer_steps(self) -> int: ...
+
+
+def require_one_process(kind: str) -> None:
+    """Refuse a torchrun launch for a trainer that is not data-parallel: N GPUs would repeat one GPU's work."""
+    from ..distributed import world
+    from ..errors import BadInput
+
+    size = world().size
+    if size > 1:
+        raise BadInput(f"{kind} is not data-parallel yet and runs on one process; this launch has {size} ranks: "
+                       "set gpus: 1 and nodes: 1 for the rl step (or use rl.algorithm: ppo)", field="rl.algorithm")
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path, keys: Sequence[str], *, title: str) -> None:
