@@ -63,3 +63,17 @@ def test_values_schema_names_every_step() -> None:
 def test_single_stage_outside_the_algorithms_graph_fails_with_the_reason() -> None:
     with pytest.raises(HelmError, match="not a step of this run's graph"):
         render({"runConfig": {"rl": {"algorithm": "grpo"}}}, set_values=["stage=rm"])
+
+
+def test_one_process_stages_are_never_launched_under_torchrun() -> None:
+    from tests.charts.render import stage_jobs
+
+    for job in stage_jobs(render({"stageDefaults": {"gpus": 1}})):
+        kind = job["metadata"]["annotations"]["text2sql-rlhf.dev/kind"]
+        command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+        if kind == "evaluate":
+            assert "torchrun" not in command
+    with pytest.raises(HelmError, match="stages.evaluate_rl: the evaluate stage runs in one process"):
+        render({"stages": {"evaluate_rl": {"gpus": 2}}})
+    with pytest.raises(HelmError, match="stages.rl: the grpo stage runs in one process"):
+        render({"runConfig": {"rl": {"algorithm": "grpo"}}, "stages": {"rl": {"gpus": 4}}})
