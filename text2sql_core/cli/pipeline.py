@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from ..errors import EXIT_OK
+from ..errors import EXIT_OK, BadInput
 from ..graph import step_names
+
+_NO_CONFIG_HINT = ("no --config and no data/ folder here: nothing to run. Try the demo (`make demo`, or "
+                   "`t2s demo-data --out demo/data` then `t2s pipeline run --config examples/demo.yaml`), or "
+                   "write a run config with `t2s config defaults > run.yaml`, edit its `data` section and pass "
+                   "--config run.yaml")
 
 
 def _run(args: argparse.Namespace) -> int:
     from ..config import load_run_config
+
+    if not args.config and not Path("data").is_dir():  # checked before anything is written
+        raise BadInput(_NO_CONFIG_HINT, field="--config")
     from ..pipeline import run_pipeline, select_steps
 
     cfg = load_run_config(args.config)
