@@ -33,6 +33,8 @@ __all__ = [
     "clean_sql",
     "encode_prompts",
     "generate",
+    "lora_layers",
+    "merged_for_inference",
     "statement_complete",
 ]
 
@@ -197,6 +199,28 @@ def _decode_row(tokenizer: PreTrainedTokenizerBase, ids: list[int], eos: int, pa
     while ids and ids[-1] == pad and pad != eos:
         ids.pop()
     return ids, tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def lora_layers(model: Any) -> int:
+    """How many PEFT LoRA layers ``model`` still runs unmerged (0 for a plain ``transformers`` model)."""
+    return sum(1 for m in model.modules() if hasattr(m, "lora_A") and hasattr(m, "merge"))
+
+
+def merged_for_inference(model: Any) -> Any:
+    """``model`` with every LoRA adapter merged into its weights, once, before any generation.
+
+    An unmerged adapter on every linear layer runs two extra matmuls and PEFT's Python dispatch per
+    layer per token; merged, the RL policy decodes as fast as the SFT one. A 4-bit base cannot be
+    merged exactly, so a quantized model keeps its adapters.
+    """
+    if not lora_layers(model) or not hasattr(model, "merge_and_unload"):
+        return model
+    if getattr(model, "is_loaded_in_4bit", False) or getattr(getattr(model, "base_model", None),
+                                                                  "is_loaded_in_4bit", False):
+        return model
+    merged = model.merge_and_unload()
+    merged.eval()
+    return merged
 
 
 def generate(model: Any, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], *, batch_size: int = 32,
