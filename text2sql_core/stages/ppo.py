@@ -1,4 +1,7 @@
-"""The ``ppo`` stage: RLHF of the SFT policy with our own PPO loop (TRL removed its PPOTrainer in 1.13).
+"""The ``ppo`` stage: RLHF of the SFT policy with our own PPO loop.
+
+TRL's PPOTrainer is not an option: TRL moved it to ``trl.experimental.ppo`` (huggingface/trl#4482), then
+dropped the old import path (#5051) and deleted it (#7020).
 
 Models (InstructGPT / DeepSpeed-Chat layout, with adapters so nothing is copied twice):
 
