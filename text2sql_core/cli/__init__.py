@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "config": ("config", "validate a run config, print its JSON Schema or its defaults"),
     "controller": ("controller", "chain a run's stage Jobs on Kubernetes"),
     "demo-data": ("demo_data", "write the demo Text-to-SQL dataset (Spider format, 4 SQLite databases)"),
+    "export": ("export", "export a trained step's policy: merged HF model, LoRA adapter, model card"),
     "eval": ("eval", "Spider / BIRD / WikiSQL EX and EM of predicted SQL (official semantics)"),
     "pipeline": ("pipeline", "run the whole pipeline locally and write the run report"),
     "prepare": ("prepare", "turn a Spider/BIRD/CoSQL/SParC/CHASE/WikiSQL dataset into DB-GPT-Hub records"),
