@@ -49,9 +49,10 @@ test-fast: install tools
 lint: install
 	$(BIN)/ruff check text2sql_core tests benchmarks charts/text2sql-rlhf/hack
 
-# regenerate the chart's values.schema.json after a change to the run config models
+# regenerate the chart's values.schema.json and run graphs after a change to the run config models or the registry
 schema: install
 	$(PY) charts/text2sql-rlhf/hack/gen-schema.py
+	$(PY) charts/text2sql-rlhf/hack/gen-steps.py
 
 demo: install
 	$(BIN)/t2s demo-data --out $(DEMO_DIR)/data --seed 0

@@ -174,7 +174,7 @@ def bench_ppo(shape: Shape, *, device: torch.device, dtype: torch.dtype, batch: 
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaForSequenceClassification
 
-    from text2sql_core.rl.ppo_math import (
+    from text2sql_core.rl.losses import (
         compute_gae,
         logprobs_from_logits,
         policy_loss,

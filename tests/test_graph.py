@@ -8,10 +8,10 @@ from text2sql_core.stages import KINDS
 
 
 def test_graph_order_and_kinds() -> None:
-    assert step_names() == ["prepare", "sft", "predict_sft", "evaluate_sft", "rm_data", "rm", "ppo",
-                            "predict_ppo", "evaluate_ppo"]
+    assert step_names() == ["prepare", "sft", "predict_sft", "evaluate_sft", "rm_data", "rm", "rl",
+                            "predict_rl", "evaluate_rl"]
     assert [s.name for s in topological()] == step_names()
-    assert {s.kind for s in STEPS} == set(KINDS)
+    assert {s.kind for s in STEPS} <= set(KINDS)
     for s in STEPS:
         assert all(i in step_names()[: step_names().index(s.name)] for i in s.inputs)
 
@@ -19,3 +19,29 @@ def test_graph_order_and_kinds() -> None:
 def test_unknown_step() -> None:
     with pytest.raises(BadInput, match="unknown step 'sftt'"):
         get_step("sftt")
+
+
+def test_renamed_steps_say_their_new_name() -> None:
+    with pytest.raises(BadInput, match="step 'predict_ppo' is now called 'predict_rl'"):
+        get_step("predict_ppo")
+
+
+def test_every_rl_algorithm_has_a_graph_ending_in_the_rl_tail() -> None:
+    from text2sql_core.graph import build_steps
+    from text2sql_core.registry import RL_KINDS
+
+    for algorithm in RL_KINDS:
+        steps = build_steps(algorithm)
+        names = [s.name for s in steps]
+        assert names[:4] == ["prepare", "sft", "predict_sft", "evaluate_sft"]
+        assert names[-3:] == ["rl", "predict_rl", "evaluate_rl"]
+        rl = next(s for s in steps if s.name == "rl")
+        assert rl.kind == algorithm and all(i in names for i in rl.inputs)
+        assert [s.name for s in topological(steps)] == names
+
+
+def test_unknown_algorithm_is_bad_input() -> None:
+    from text2sql_core.graph import build_steps
+
+    with pytest.raises(BadInput, match="unknown RL algorithm 'a2c'"):
+        build_steps("a2c")

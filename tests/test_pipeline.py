@@ -48,8 +48,8 @@ def test_pipeline_end_to_end_on_real_spider_schemas(tmp_path: Path, spider_sampl
     manifests = {s: read_manifest(store, f"runs/spider-sample/{s}") for s in step_names()}
     assert all(m is not None for m in manifests.values()), [s for s, m in manifests.items() if m is None]
     assert manifests["prepare"].metrics["dev_examples"] == 64
-    assert manifests["evaluate_ppo"].metrics["n"] == 64
-    assert 0.0 <= manifests["evaluate_ppo"].metrics["ex"] <= 1.0
+    assert manifests["evaluate_rl"].metrics["n"] == 64
+    assert 0.0 <= manifests["evaluate_rl"].metrics["ex"] <= 1.0
     # a rerun finds every step published and skips it
     again = _t2s("pipeline", "run", "--config", str(config), "--no-report", cwd=tmp_path)
     assert again.returncode == 0

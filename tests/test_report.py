@@ -66,7 +66,7 @@ def test_report_hides_empty_levels_counts_questions_and_says_what_rl_changed(tmp
     assert (path.parent / "report.png").is_file()
     assert "| easy | 2 | 0.500 |" in text and "| all | 4 | 0.500 | 0.500 |" in text
     assert "| hard |" not in text and "| extra |" not in text and "no hard / extra questions" in text
-    assert f"## What RL changed ({steps.rl})" in text
+    assert f"## What RL changed ({steps.rl}, {steps.rl_kind})" in text
     assert "| fixed (wrong -> right) | 1 |" in text and "| broken (right -> wrong) | 1 |" in text
     assert "| changed, still wrong | 1 |" in text and "| changed, still right | 0 |" in text
     assert "dev #0 (concert_singer): How many singers?" in text and "  - RL: `SELECT count(*) FROM singer`" in text

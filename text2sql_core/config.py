@@ -15,18 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from .data.config import DataConfig
 from .errors import BadInput
+from .graph import DEFAULT_ALGORITHM
 from .models.config import ModelConfig
-from .stages.evaluate import EvaluateConfig
-from .stages.ppo import PPOConfig
-from .stages.predict import PredictConfig
-from .stages.prepare import PrepareConfig
-from .stages.rm import RMConfig
-from .stages.rm_data import RMDataConfig
-from .stages.sft import SFTConfig
+from .registry import KINDS, RL_KINDS, config_class
 from .store.config import StoreConfig
 
 __all__ = ["RunConfig", "StagesConfig", "format_validation_error", "load_run_config", "run_config_schema"]
@@ -38,18 +33,35 @@ _SECRET_KEY = re.compile(r"^(aws_)?(secret(_access)?_key|access_key(_id)?|secret
 _SECRET_ALLOWED = {"access_key_env", "secret_key_env"}
 
 
-class StagesConfig(BaseModel):
-    """Settings of each stage kind; a kind that runs twice (predict, evaluate) shares its settings."""
+class _StagesBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+#: one section per registered stage kind; a kind that runs twice (predict, evaluate) shares its settings
+StagesConfig = create_model(
+    "StagesConfig",
+    __base__=_StagesBase,
+    __doc__="Settings of each stage kind, one section per kind of the stage registry.",
+    **{k.name: (config_class(k), Field(default_factory=config_class(k), description=k.section or k.description))
+       for k in KINDS},
+)
+
+
+class RLConfig(BaseModel):
+    """Which RL algorithm the run's ``rl`` step trains with; its settings live in ``stages.<algorithm>``."""
 
     model_config = ConfigDict(extra="forbid")
 
-    prepare: PrepareConfig = Field(default_factory=PrepareConfig, description="Data preparation.")
-    sft: SFTConfig = Field(default_factory=SFTConfig, description="Supervised fine-tuning.")
-    predict: PredictConfig = Field(default_factory=PredictConfig, description="SQL generation for the dev set.")
-    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="Spider EX / EM evaluation.")
-    rm_data: RMDataConfig = Field(default_factory=RMDataConfig, description="Reward-model pair mining.")
-    rm: RMConfig = Field(default_factory=RMConfig, description="Reward-model training.")
-    ppo: PPOConfig = Field(default_factory=PPOConfig, description="PPO training of the policy.")
+    algorithm: str = Field(DEFAULT_ALGORITHM, description="RL algorithm of the `rl` step: "
+                                                          + " | ".join(RL_KINDS) + ". It picks the run graph "
+                                                          "(e.g. ppo reads a reward model; grpo needs none).")
+
+    @field_validator("algorithm")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in RL_KINDS:
+            raise ValueError(f"unknown RL algorithm {value!r}; use one of: {', '.join(RL_KINDS)}")
+        return value
 
 
 class RunConfig(BaseModel):
@@ -66,6 +78,7 @@ class RunConfig(BaseModel):
     store: StoreConfig = Field(default_factory=StoreConfig, description="Artifact store (local directory or S3).")
     data: DataConfig = Field(default_factory=DataConfig, description="Dataset and databases.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="Base model, precision and LoRA.")
+    rl: RLConfig = Field(default_factory=RLConfig, description="The RL algorithm (the graph after sft).")
     stages: StagesConfig = Field(default_factory=StagesConfig, description="Settings of each stage kind.")
 
     def stage_config(self, kind: str) -> BaseModel:
@@ -95,6 +108,25 @@ def format_validation_error(exc: ValidationError) -> list[str]:
     return lines
 
 
+def _check_algorithm_named(doc: dict[str, Any], source: str) -> None:
+    """Settings for an RL algorithm other than the one that runs are a config written for another graph.
+
+    Configs written before ``rl.algorithm`` existed name ``stages.ppo``; with another default they
+    would silently train with another algorithm, so say what to write instead.
+    """
+    stages = doc.get("stages")
+    rl = doc.get("rl")
+    chosen = rl.get("algorithm", DEFAULT_ALGORITHM) if isinstance(rl, dict) else DEFAULT_ALGORITHM
+    if not isinstance(stages, dict) or not isinstance(chosen, str):
+        return
+    others = [k for k in RL_KINDS if k in stages and k != chosen]
+    if others:
+        named = "`rl.algorithm`" if isinstance(rl, dict) and "algorithm" in rl else "the default `rl.algorithm`"
+        raise BadInput(f"`stages.{others[0]}` is set but {named} is {chosen!r}: add `rl: {{algorithm: {others[0]}}}` "
+                       f"to train with {others[0]}, or remove `stages.{others[0]}`", uri=source,
+                       field=f"stages.{others[0]}")
+
+
 def parse_run_config(doc: Any, *, source: str = "<config>") -> RunConfig:
     if doc is None:
         doc = {}
@@ -105,6 +137,7 @@ def parse_run_config(doc: Any, *, source: str = "<config>") -> RunConfig:
         raise BadInput("secrets are never read from the run config; remove "
                        + ", ".join(f"`{s}`" for s in secrets)
                        + " and provide S3 keys through the environment or `store.s3.credentials_dir`", uri=source)
+    _check_algorithm_named(doc, source)
     try:
         return RunConfig.model_validate(doc)
     except ValidationError as exc:

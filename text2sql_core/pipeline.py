@@ -28,14 +28,15 @@ class StepRun:
     seconds: float
 
 
-def select_steps(names: list[str] | None = None, *, until: str | None = None) -> list[Step]:
-    """The steps to run: all of them, a named subset (in graph order), or everything up to ``until``."""
-    ordered = topological(STEPS)
+def select_steps(names: list[str] | None = None, *, until: str | None = None,
+                 steps: tuple[Step, ...] = STEPS) -> list[Step]:
+    """The steps to run: all of ``steps``, a named subset (in graph order), or everything up to ``until``."""
+    ordered = topological(steps)
     if names:
-        wanted = {get_step(n).name for n in names}
+        wanted = {get_step(n, steps).name for n in names}
         return [s for s in ordered if s.name in wanted]
     if until:
-        get_step(until)
+        get_step(until, steps)
         out = []
         for s in ordered:
             out.append(s)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import RunConfig
-from .graph import STEPS, Step
+from .graph import STEPS, Step, steps_for
 from .store import ArtifactStore, open_store
 from .store.manifest import Manifest, fetch, publish, read_manifest
 
@@ -26,7 +26,8 @@ __all__ = ["RunSteps", "collect_run", "compare_predictions", "render_report", "r
 
 HARDNESS = ("easy", "medium", "hard", "extra", "all")
 #: per step kind: the JSONL training log the report plots (else the first ``*_log.jsonl`` a step published)
-CURVE_FILES = {"sft": ("loss_log.jsonl",), "rm": ("rm_log.jsonl",), "ppo": ("ppo_log.jsonl",)}
+CURVE_FILES = {"sft": ("loss_log.jsonl",), "rm": ("rm_log.jsonl",), "ppo": ("ppo_log.jsonl",),
+               "grpo": ("grpo_log.jsonl",), "dpo": ("dpo_log.jsonl",)}
 #: examples of each kind of change the "what RL changed" section shows
 EXAMPLES_PER_KIND = 3
 
@@ -37,8 +38,9 @@ class RunSteps:
 
     sft: str | None
     rm: str | None
-    #: the final RL step, its predict step and its evaluate step
+    #: the final RL step (and its kind: the algorithm), its predict step and its evaluate step
     rl: str | None
+    rl_kind: str | None
     predict_sft: str | None
     predict_rl: str | None
     evaluate_sft: str | None
@@ -48,7 +50,7 @@ class RunSteps:
 
 def run_steps(steps: tuple[Step, ...] = STEPS) -> RunSteps:
     by_name = {s.name: s for s in steps}
-    found: dict[str, str | None] = dict.fromkeys(RunSteps.__dataclass_fields__)
+    found: dict[str, str | None] = dict.fromkeys(RunSteps.__dataclass_fields__)  # type: ignore[arg-type]
     for s in steps:
         if s.kind in ("sft", "rm", "prepare") and found[s.kind] is None:
             found[s.kind] = s.name
@@ -61,11 +63,12 @@ def run_steps(steps: tuple[Step, ...] = STEPS) -> RunSteps:
             found["predict_sft"], found["evaluate_sft"] = predict.name, s.name
         else:
             found["rl"], found["predict_rl"], found["evaluate_rl"] = predict.model_from, predict.name, s.name
+            found["rl_kind"] = by_name[predict.model_from].kind
     return RunSteps(**found)
 
 
-def collect_run(store: ArtifactStore, run_id: str) -> dict[str, Manifest | None]:
-    return {s.name: read_manifest(store, f"runs/{run_id}/{s.name}") for s in STEPS}
+def collect_run(store: ArtifactStore, run_id: str, steps: tuple[Step, ...] = STEPS) -> dict[str, Manifest | None]:
+    return {s.name: read_manifest(store, f"runs/{run_id}/{s.name}") for s in steps}
 
 
 def _fetch_one(store: ArtifactStore, run_id: str, step: str, manifest: Manifest | None, name: str,
@@ -150,12 +153,13 @@ def _changes_section(changes: dict[str, list[dict[str, Any]]] | None, n: int, rl
 
 def render_report(run_id: str, manifests: dict[str, Manifest | None], curves: dict[str, list[dict[str, Any]]],
                   plot_name: str | None, *, counts: dict[str, int] | None = None,
-                  changes: dict[str, list[dict[str, Any]]] | None = None, steps: RunSteps | None = None) -> str:
+                  changes: dict[str, list[dict[str, Any]]] | None = None, steps: RunSteps | None = None,
+                  graph: tuple[Step, ...] = STEPS) -> str:
     """The report's Markdown. ``counts``: questions per hardness level (levels without any get no row)."""
-    steps = steps or run_steps()
+    steps = steps or run_steps(graph)
     sft = manifests.get(steps.evaluate_sft) if steps.evaluate_sft else None
     rl = manifests.get(steps.evaluate_rl) if steps.evaluate_rl else None
-    rl_label = f"RL ({steps.rl})" if steps.rl else "RL"
+    rl_label = f"RL ({steps.rl_kind})" if steps.rl_kind else "RL"
     levels = [h for h in HARDNESS if counts is None or counts.get(h) or h == "all"]
     lines = [f"# Run `{run_id}`", "", f"Written {datetime.now(UTC).isoformat(timespec='seconds')}.", ""]
     lines += ["## Execution accuracy (EX) and exact match (EM) per hardness", "",
@@ -179,7 +183,8 @@ def render_report(run_id: str, manifests: dict[str, Manifest | None], curves: di
         lines += ["", (f"RL changes EX by {100 * ex_delta:+.1f} points{questions} and EM by "
                        f"{100 * (rl.metrics.get('em', 0.0) - sft.metrics.get('em', 0.0)):+.1f} points.")]
     if steps.evaluate_rl:
-        lines += _changes_section(changes, int(sft.metrics.get("n", 0)) if sft else 0, steps.rl or "RL")
+        lines += _changes_section(changes, int(sft.metrics.get("n", 0)) if sft else 0,
+                                  f"{steps.rl}, {steps.rl_kind}" if steps.rl else "RL")
     rm = manifests.get(steps.rm) if steps.rm else None
     lines += ["", "## Reward model", ""]
     if rm:
@@ -193,7 +198,7 @@ def render_report(run_id: str, manifests: dict[str, Manifest | None], curves: di
     else:
         lines.append("Not run.")
     lines += ["", "## Steps", "", "| step | kind | state | seconds |", "| --- | --- | --- | ---: |"]
-    for s in STEPS:
+    for s in graph:
         m = manifests.get(s.name)
         if m is None:
             lines.append(f"| {s.name} | {s.kind} | not published | – |")
@@ -201,7 +206,7 @@ def render_report(run_id: str, manifests: dict[str, Manifest | None], curves: di
         secs = m.metrics.get("seconds", (m.finished_at - m.started_at).total_seconds())
         lines.append(f"| {s.name} | {s.kind} | published | {_fmt(float(secs))} |")
     lines += ["", "### Metrics of each step", ""]
-    for s in STEPS:
+    for s in graph:
         m = manifests.get(s.name)
         shown = {k: v for k, v in (m.metrics.items() if m else ()) if k != "seconds" and isinstance(v, int | float)}
         if not shown:
@@ -221,7 +226,7 @@ def _plot(path: Path, manifests: dict[str, Manifest | None], curves: dict[str, l
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rl = steps.rl or "rl"
+    rl = steps.rl_kind or "rl"
     panels = [(steps.sft, "loss", "SFT training loss", "loss"), (steps.rm, "loss", "RM training loss", "loss"),
               (steps.rl, "reward", f"RL ({rl}) reward per batch", "mean reward"),
               (steps.rl, "kl", f"RL ({rl}) KL to the SFT policy", "KL (nats per token)")]
@@ -269,14 +274,15 @@ def write_run_report(run_config: RunConfig, *, base_dir: Path | None = None) -> 
     """Write ``report.md`` + ``report.png`` locally and publish them as ``runs/<run>/report``."""
     store = open_store(run_config.store, base_dir=base_dir)
     run_id = run_config.run_id
-    manifests = collect_run(store, run_id)
-    steps = run_steps()
+    graph = steps_for(run_config)
+    manifests = collect_run(store, run_id, graph)
+    steps = run_steps(graph)
     root = Path(run_config.workdir)
     if not root.is_absolute():
         root = (base_dir or Path.cwd()) / root
     out = root / run_id / "report"
     out.mkdir(parents=True, exist_ok=True)
-    by_name = {s.name: s for s in STEPS}
+    by_name = {s.name: s for s in graph}
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
         curves = {s: _read_log(store, run_id, by_name[s], m, t) for s, m in manifests.items() if m is not None}
@@ -295,7 +301,7 @@ def write_run_report(run_config: RunConfig, *, base_dir: Path | None = None) -> 
     levels = [h for h in HARDNESS if counts is None or counts.get(h) or h == "all"]
     _plot(out / "report.png", manifests, curves, steps, levels)
     (out / "report.md").write_text(render_report(run_id, manifests, curves, "report.png", counts=counts,
-                                                 changes=changes, steps=steps))
+                                                 changes=changes, steps=steps, graph=graph))
     publish(store, f"runs/{run_id}/report", out, run_id=run_id, step="report", kind="report",
             config_hash="", metrics={}, started_at=datetime.now(UTC))
     return out / "report.md"

@@ -251,7 +251,7 @@ def test_security_context_non_root_read_only_no_capabilities(case: str) -> None:
 
 def test_gpu_limits_and_tolerations_only_on_gpu_steps() -> None:
     by_step = jobs_by_step(docs("whole-run"))
-    gpu_steps = {"sft", "predict_sft", "rm_data", "rm", "ppo", "predict_ppo"}
+    gpu_steps = {"sft", "predict_sft", "rm_data", "rm", "rl", "predict_rl"}
     for step, job in by_step.items():
         limits = container(job)["resources"].get("limits", {})
         tolerations = job["spec"]["template"]["spec"].get("tolerations", [])
@@ -390,7 +390,7 @@ def test_single_stage_install_name_from_the_readme() -> None:
 
 def test_multi_gpu_runs_torchrun_with_one_process_per_gpu() -> None:
     by_step = jobs_by_step(docs("multi-gpu"))
-    for step, gpus in (("sft", 4), ("rm", 2), ("ppo", 8)):
+    for step, gpus in (("sft", 4), ("rm", 2), ("rl", 8)):
         c = container(by_step[step])
         assert c["command"] == ["t2s", "torchrun", f"--nproc-per-node={gpus}", "--", "stage", "run",
                                 step, "--config", "/etc/t2s/run.yaml"]
@@ -410,7 +410,7 @@ def test_multi_node_is_an_indexed_job_with_a_headless_service() -> None:
     documents = docs("multi-node")
     by_step = jobs_by_step(documents)
     services = {s["metadata"]["name"]: s for s in by_kind(documents, "Service")}
-    for step, nodes in (("sft", 2), ("ppo", 4)):
+    for step, nodes in (("sft", 2), ("rl", 4)):
         job = by_step[step]
         name = job["metadata"]["name"]
         spec = job["spec"]
@@ -428,8 +428,8 @@ def test_multi_node_is_an_indexed_job_with_a_headless_service() -> None:
                                 "--config", "/etc/t2s/run.yaml"]
         assert {"name": "rendezvous", "containerPort": 29400} in c["ports"]
         assert svc["spec"]["ports"] == [{"name": "rendezvous", "port": 29400, "targetPort": "rendezvous"}]
-    assert set(services) == {by_step["sft"]["metadata"]["name"], by_step["ppo"]["metadata"]["name"]}
-    assert env_of(container(by_step["ppo"]))["NCCL_DEBUG"]["value"] == "WARN"
+    assert set(services) == {by_step["sft"]["metadata"]["name"], by_step["rl"]["metadata"]["name"]}
+    assert env_of(container(by_step["rl"]))["NCCL_DEBUG"]["value"] == "WARN"
 
 
 def test_multi_node_needs_gpus() -> None:
@@ -442,7 +442,7 @@ def test_multi_node_needs_gpus() -> None:
 def test_custom_resources_and_scheduling() -> None:
     documents = docs("custom-resources")
     by_step = jobs_by_step(documents)
-    assert "evaluate_ppo" not in by_step
+    assert "evaluate_rl" not in by_step
     sft = by_step["sft"]
     pod = sft["spec"]["template"]["spec"]
     c = container(sft)
@@ -478,10 +478,10 @@ def test_custom_resources_and_scheduling() -> None:
 
 def test_disabled_upstream_step_fails_the_render() -> None:
     message = render_fails({"stages": {"rm": {"enabled": False}}})
-    assert "step ppo is enabled but the step it depends on, rm, is disabled" in message
+    assert "step rl is enabled but the step it depends on, rm, is disabled" in message
     # disabling the whole tail is fine
-    steps = jobs_by_step(render({"stages": {s: {"enabled": False} for s in ("rm_data", "rm", "ppo", "predict_ppo",
-                                                                            "evaluate_ppo")}}))
+    steps = jobs_by_step(render({"stages": {s: {"enabled": False} for s in ("rm_data", "rm", "rl", "predict_rl",
+                                                                            "evaluate_rl")}}))
     assert sorted(steps) == ["evaluate_sft", "predict_sft", "prepare", "sft"]
 
 

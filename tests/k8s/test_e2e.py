@@ -133,10 +133,10 @@ def test_whole_run_chained_by_the_deployed_controller(seaweedfs, apiserver, tmp_
         job = apiserver.get_object("jobs", NAMESPACE, jobs[step.name], group="batch")
         assert job["metadata"]["annotations"][RUN_STATE_ANNOTATION] == "succeeded"
         assert read_manifest(store, f"runs/{RUN}/{step.name}") is not None, step.name
-    final = read_manifest(store, f"runs/{RUN}/evaluate_ppo")
+    final = read_manifest(store, f"runs/{RUN}/evaluate_rl")
     assert "ex" in final.metrics and 0.0 <= final.metrics["ex"] <= 1.0
     assert "report.md" in {f.path for f in final.files}
     status = collect_status(RUN, store, steps=[s.name for s in STEPS],
                             jobs=apiserver.objects("jobs", NAMESPACE, group="batch"))
     assert status.state == "succeeded" and {s.state for s in status.steps} == {"published"}
-    assert "ex" in next(s for s in status.steps if s.step == "evaluate_ppo").metrics
+    assert "ex" in next(s for s in status.steps if s.step == "evaluate_rl").metrics

@@ -22,7 +22,7 @@ def core(kube):
 def test_create_get_list_with_label_selectors(batch, core):
     for step, extra in (("prepare", {"tier": "a"}), ("sft", {"tier": "b"}), ("rm", {})):
         batch.create_namespaced_job(NAMESPACE, stage_job("r1", step, 0, (), suspend=True, extra_labels=extra))
-    batch.create_namespaced_job("elsewhere", stage_job("r1", "ppo", 0, (), suspend=True))
+    batch.create_namespaced_job("elsewhere", stage_job("r1", "rl", 0, (), suspend=True))
 
     def names(selector: str) -> list[str]:
         return [j.metadata.labels["text2sql-rlhf.dev/stage"]

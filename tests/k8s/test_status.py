@@ -38,7 +38,7 @@ def test_status_from_the_store_alone(store):
     status = collect_status(RUN, store, steps=[s.name for s in STEPS])
     states = {s.step: s.state for s in status.steps}
     assert states["prepare"] == states["sft"] == "published"
-    assert states["predict_sft"] == "running" and states["evaluate_ppo"] == "pending"
+    assert states["predict_sft"] == "running" and states["evaluate_rl"] == "pending"
     assert status.state == "running" and not status.cluster
     text = format_status(status)
     assert text.splitlines()[0].startswith(f"run {RUN}: running")
@@ -68,7 +68,7 @@ def test_status_cli_with_the_run_jobs(apiserver, batch, store, run_config, tmp_p
     assert rows["prepare"].split()[1] == "published"
     assert rows["sft"].split()[1] == "complete" and "manifest not in the store" in rows["sft"]
     assert rows["rm_data"].split()[1] == "failed" and "exit code 2" in rows["rm_data"]
-    assert rows["ppo"].split()[1] == "skipped" and job_name(RUN, "ppo") in rows["ppo"]
+    assert rows["rl"].split()[1] == "skipped" and job_name(RUN, "rl") in rows["rl"]
     assert main([*args, "--output", "json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["state"] == "failed" and doc["cluster"] is True

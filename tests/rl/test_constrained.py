@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from text2sql_core.rl.constrained import RecordingProcessor, TokenConstraints
+from text2sql_core.rl.losses import entropy_from_logits
 from text2sql_core.rl.packing import pack_rows, response_logprobs
-from text2sql_core.rl.ppo_math import entropy_from_logits
 
 
 def constraints(rows, positions, allowed):

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from text2sql_core.rl.packing import response_logprobs
-from text2sql_core.rl.ppo_trainer import PPOTrainer, PromptExample, response_mask
+from text2sql_core.rl.ppo.config import PPOConfig
+from text2sql_core.rl.ppo.trainer import PPOTrainer
 from text2sql_core.rl.reward_model import add_lora, sequence_classifier_from_policy
 from text2sql_core.rl.rewards import ExecutionJudge
-from text2sql_core.stages.ppo import PPOConfig
+from text2sql_core.rl.rollout import PromptExample, response_mask
 
 
 def make_trainer(policy, tokenizer, rows, judge, **overrides):

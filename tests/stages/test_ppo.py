@@ -14,8 +14,9 @@ import yaml
 
 from tests.stages.rl_runs import rm_run  # noqa: F401  (a fixture)
 from text2sql_core.errors import BadInput
+from text2sql_core.rl.ppo.config import PPOConfig, build_deepspeed_config
 from text2sql_core.stages.base import run_step
-from text2sql_core.stages.ppo import PPOConfig, _check_deepspeed, build_deepspeed_config
+from text2sql_core.stages.ppo import _check_deepspeed
 
 #: PPO with the execution reward from the under-trained policy: the settings and step budget of the test.
 #: Rollouts decode as predict does (values copied from the question; the constrained log-probabilities
@@ -67,7 +68,7 @@ def test_mini_batch_must_divide_the_generation_batch():
 @pytest.mark.slow
 def test_ppo_from_an_undertrained_policy_raises_the_reward_with_bounded_kl(rm_run, tmp_path):  # noqa: F811
     cfg = rm_run.clone(tmp_path, stages={"ppo": PPO_SETTINGS})
-    metrics = run_step(cfg, "ppo").manifest.metrics
+    metrics = run_step(cfg, "rl").manifest.metrics
     gain = metrics["train_reward_after"] - metrics["train_reward_before"]
     print(f"PPO greedy train reward {metrics['train_reward_before']:.3f} -> {metrics['train_reward_after']:.3f}")
     assert gain >= REWARD_GAIN, metrics
@@ -77,7 +78,7 @@ def test_ppo_from_an_undertrained_policy_raises_the_reward_with_bounded_kl(rm_ru
     assert metrics["kl_final"] >= -0.1, metrics
     assert metrics["dev_execution_accuracy_after"] >= metrics["dev_execution_accuracy_before"] - 0.02, metrics
 
-    out = tmp_path / "store" / "runs" / cfg.run_id / "ppo"
+    out = tmp_path / "store" / "runs" / cfg.run_id / "rl"
     log = [json.loads(line) for line in (out / "ppo_log.jsonl").read_text().splitlines()]
     steps = [r for r in log if "step" in r]
     assert [r["step"] for r in steps] == list(range(1, PPO_SETTINGS["max_steps"] + 1))
@@ -87,11 +88,11 @@ def test_ppo_from_an_undertrained_policy_raises_the_reward_with_bounded_kl(rm_ru
     # predict loads the result through the lineage: the SFT model plus this adapter
     ref = json.loads((out / "model_ref.json").read_text())
     assert ref["base"] == {"source": "step", "step": "sft", "dir": "model"}
-    assert ref["adapters"][-1] == {"step": "ppo", "dir": "adapter"}
+    assert ref["adapters"][-1] == {"step": "rl", "dir": "adapter"}
 
 
 def _checkpoints(store_root, run_id):
-    root = store_root / "runs" / run_id / "ppo" / "_checkpoints"
+    root = store_root / "runs" / run_id / "rl" / "_checkpoints"
     return sorted(int(p.parent.name) for p in root.glob("*/_manifest.json")) if root.is_dir() else []
 
 
@@ -102,7 +103,7 @@ def test_kill_9_after_a_checkpoint_then_rerun_resumes_there(rm_run, tmp_path):  
     cfg = rm_run.clone(tmp_path, stages={"ppo": settings})
     config_file = tmp_path / "run.yaml"
     config_file.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-    command = [sys.executable, "-m", "text2sql_core.cli", "stage", "run", "ppo", "--config", str(config_file)]
+    command = [sys.executable, "-m", "text2sql_core.cli", "stage", "run", "rl", "--config", str(config_file)]
     env = {**os.environ, "T2S_LOG_FORMAT": "json"}
     store_root = tmp_path / "store"
 
@@ -118,18 +119,18 @@ def test_kill_9_after_a_checkpoint_then_rerun_resumes_there(rm_run, tmp_path):  
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     published = _checkpoints(store_root, cfg.run_id)
-    assert not (store_root / "runs" / cfg.run_id / "ppo" / "_manifest.json").exists()
+    assert not (store_root / "runs" / cfg.run_id / "rl" / "_manifest.json").exists()
 
     done = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    manifest = json.loads((store_root / "runs" / cfg.run_id / "ppo" / "_manifest.json").read_text())
+    manifest = json.loads((store_root / "runs" / cfg.run_id / "rl" / "_manifest.json").read_text())
     metrics = manifest["metrics"]
     assert metrics["resumed_from_step"] == published[-1] >= 2
     assert metrics["steps"] == 8
     # one rollout batch = one Adam step: all 8 are on the restored optimizer's count
     assert metrics["actor_optimizer_steps"] == 8
     log = [json.loads(line) for line in
-           (store_root / "runs" / cfg.run_id / "ppo" / "ppo_log.jsonl").read_text().splitlines()]
+           (store_root / "runs" / cfg.run_id / "rl" / "ppo_log.jsonl").read_text().splitlines()]
     assert log[0] == {"event": "start", "resumed_from_step": published[-1],
                       "actor_optimizer_steps": published[-1]}
     assert [r["step"] for r in log[1:]] == list(range(1, 9))

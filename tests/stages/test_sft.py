@@ -157,7 +157,7 @@ def test_lora_on_a_base_from_the_store_publishes_a_peft_adapter(sft_undertrained
     rows = _jsonl(tmp_path / "store" / "runs" / "lora" / "predict_sft" / "predictions.jsonl")
     assert len(rows) == 8
 
-    # a LoRA PPO policy is a second adapter trained on the merged SFT policy; predict_ppo reads only
+    # a LoRA PPO policy is a second adapter trained on the merged SFT policy; predict_rl reads only
     # the ppo step, so the SFT adapter its lineage names comes from the store, checked by manifest
     import torch
 
@@ -175,13 +175,13 @@ def test_lora_on_a_base_from_the_store_publishes_a_peft_adapter(sft_undertrained
                 p.normal_(0, 0.2)
     ppo_out = tmp_path / "ppo_out"
     ppo.save_pretrained(str(ppo_out / "adapter"))
-    write_model_ref(ppo_out, ref.with_adapter("ppo"))
-    publish(store, step_prefix("lora", "ppo"), ppo_out, run_id="lora", step="ppo", kind="ppo",
+    write_model_ref(ppo_out, ref.with_adapter("rl"))
+    publish(store, step_prefix("lora", "rl"), ppo_out, run_id="lora", step="rl", kind="ppo",
             config_hash="test-ppo", metrics={}, started_at=datetime.now(UTC))
-    run_step(cfg, "predict_ppo")
-    ppo_rows = _jsonl(tmp_path / "store" / "runs" / "lora" / "predict_ppo" / "predictions.jsonl")
+    run_step(cfg, "predict_rl")
+    ppo_rows = _jsonl(tmp_path / "store" / "runs" / "lora" / "predict_rl" / "predictions.jsonl")
     assert len(ppo_rows) == 8
-    assert (tmp_path / "work" / "lora" / "predict_ppo" / "lineage" / "sft" / "adapter"
+    assert (tmp_path / "work" / "lora" / "predict_rl" / "lineage" / "sft" / "adapter"
             / "adapter_model.safetensors").is_file()
     assert [r["raw"] for r in ppo_rows] != [r["raw"] for r in rows]  # the PPO adapter is applied on top
 

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import EXIT_OK, BadInput
-from ..graph import step_names
+from ..graph import all_step_names
 
 _NO_CONFIG_HINT = ("no --config and no data/ folder here: nothing to run. Try the demo (`make demo`, or "
                    "`t2s demo-data --out demo/data` then `t2s pipeline run --config examples/demo.yaml`), or "
@@ -16,15 +16,16 @@ _NO_CONFIG_HINT = ("no --config and no data/ folder here: nothing to run. Try th
 
 def _run(args: argparse.Namespace) -> int:
     from ..config import load_run_config
+    from ..graph import steps_for
+    from ..pipeline import run_pipeline, select_steps
 
     if not args.config and not Path("data").is_dir():  # checked before anything is written
         raise BadInput(_NO_CONFIG_HINT, field="--config")
-    from ..pipeline import run_pipeline, select_steps
 
     cfg = load_run_config(args.config)
     if args.run_id:
         cfg = cfg.model_copy(update={"run_id": args.run_id})
-    steps = select_steps(args.steps.split(",") if args.steps else None, until=args.until)
+    steps = select_steps(args.steps.split(",") if args.steps else None, until=args.until, steps=steps_for(cfg))
     run_pipeline(args.config, cfg, steps=steps, force=args.force, report=not args.no_report)
     return EXIT_OK
 
@@ -42,15 +43,16 @@ def _report(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pipeline", help="run the whole pipeline locally and write the run report",
-                       description="prepare -> sft -> predict -> evaluate -> rm_data -> rm -> ppo -> predict -> "
-                                   "evaluate, each step as a subprocess through its entrypoint (as a Kubernetes "
+                       description="prepare -> sft -> predict_sft -> evaluate_sft -> [rm_data -> rm] -> rl -> "
+                                   "predict_rl -> evaluate_rl (the RL algorithm, `rl.algorithm`, decides which "
+                                   "of rm_data and rm run), each step as a subprocess through its entrypoint (as a Kubernetes "
                                    "Job would run it). Published steps are skipped; killed steps resume.")
     cmds = p.add_subparsers(dest="pipeline_command", metavar="ACTION")
     r = cmds.add_parser("run", help="run the steps of a run in order, then write the report")
     r.add_argument("--config", help="run config YAML (default: built-in defaults, data in ./data)")
     r.add_argument("--run-id", help="override the config's run_id")
-    r.add_argument("--steps", help=f"comma-separated subset of: {', '.join(step_names())}")
-    r.add_argument("--until", choices=step_names(), metavar="STEP", help="run every step up to and including STEP")
+    r.add_argument("--steps", help=f"comma-separated subset of: {', '.join(all_step_names())}")
+    r.add_argument("--until", choices=all_step_names(), metavar="STEP", help="run every step up to and including STEP")
     r.add_argument("--force", action="store_true", help="rerun steps even when already published")
     r.add_argument("--no-report", action="store_true", help="do not write the run report")
     r.set_defaults(func=_run)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import EXIT_OK
-from ..graph import step_names
+from ..graph import all_step_names
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -22,10 +22,18 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from ..graph import STEPS
+    from ..config import load_run_config
+    from ..graph import steps_for
+    from ..registry import KINDS, RL_KINDS
 
-    for s in STEPS:
-        print(f"{s.name:14s} kind={s.kind:9s} inputs={','.join(s.inputs) or '-'}")
+    cfg = load_run_config(args.config)
+    print(f"steps of this run (rl.algorithm: {cfg.rl.algorithm}):")
+    for s in steps_for(cfg):
+        print(f"  {s.name:14s} kind={s.kind:9s} inputs={','.join(s.inputs) or '-'}")
+    print("stage kinds:")
+    for k in KINDS:
+        tag = " (rl.algorithm)" if k.name in RL_KINDS else ""
+        print(f"  {k.name:9s} {k.description}{tag}")
     return EXIT_OK
 
 
@@ -37,10 +45,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "run", help="run one step: read upstream artifacts, publish outputs with a manifest",
         description="Run one step. Skips (exit 0) when the step's manifest exists with the same config hash. "
                     "Exit codes: 0 done or skipped, 2 bad input or config (a retry cannot help), 1 other errors.")
-    r.add_argument("step", choices=step_names(), metavar="STEP", help=f"one of: {', '.join(step_names())}")
+    r.add_argument("step", metavar="STEP", help=f"a step of the run's graph: {', '.join(all_step_names())} "
+                                                "(which exist depends on `rl.algorithm`; `t2s stage list` shows them)")
     r.add_argument("--config", help="run config YAML (default: built-in defaults)")
     r.add_argument("--run-id", help="override the run config's run_id")
     r.add_argument("--force", action="store_true", help="rerun even when already published; drops checkpoints")
     r.set_defaults(func=_run)
-    ls = cmds.add_parser("list", help="list the steps, their kinds and inputs")
+    ls = cmds.add_parser("list", help="list the run's steps (kinds, inputs) and every stage kind",
+                         description="The run graph a config describes (it depends on `rl.algorithm`) and the "
+                                     "stage kinds of the registry.")
+    ls.add_argument("--config", help="run config YAML (default: built-in defaults)")
     ls.set_defaults(func=_list)

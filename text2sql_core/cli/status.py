@@ -35,7 +35,7 @@ def _cluster_jobs(args: argparse.Namespace, run_id: str) -> list[dict] | None:
 
 def _status(args: argparse.Namespace) -> int:
     from ..config import load_run_config
-    from ..graph import step_names
+    from ..graph import step_names, steps_for
     from ..k8s.status import collect_status, format_status
     from ..store import open_store
 
@@ -52,7 +52,7 @@ def _status(args: argparse.Namespace) -> int:
         raise BadInput(f"no run {run_id!r} in the artifact store (nothing under runs/{run_id}/"
                        f"{' and no Job in namespace ' + args.namespace if args.namespace else ''})",
                        field="--run-id" if args.run_id else "--config")
-    status = collect_status(run_id, store, steps=step_names(), jobs=jobs)
+    status = collect_status(run_id, store, steps=step_names(steps_for(cfg)), jobs=jobs)
     if args.output == "json":
         print(json.dumps(status.to_dict(), indent=2))
     else:

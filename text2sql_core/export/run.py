@@ -36,22 +36,23 @@ def _scores(metrics: dict[str, Any]) -> dict[str, dict[str, float | None]]:
 def card_info(run_config: Any, store: Any, step: str, ref: Any, base_label: str, base_dir: Path,
               example: dict[str, str] | None) -> CardInfo:
     """The card's facts: recipe of every step in ``step``'s lineage, data, scores, prompt example."""
-    from ..graph import STEPS
+    from ..graph import steps_for
     from ..stages.base import step_prefix
     from ..store.manifest import read_manifest
 
-    by_name = {s.name: s for s in STEPS}
+    graph = steps_for(run_config)
+    by_name = {s.name: s for s in graph}
     lineage = [a.step for a in ref.adapters] or [step]
     if ref.base.source == "step" and ref.base.step not in lineage:
         lineage.insert(0, ref.base.step)
     recipe: dict[str, Any] = {"model": run_config.model.model_dump(mode="json")}
     for name in lineage:
         kind = by_name[name].kind if name in by_name else name
-        stage_cfg = getattr(run_config.stages, kind, None)
+        stage_cfg = getattr(run_config.stages, kind, None)  # the RL step's kind is the algorithm
         if stage_cfg is not None:
             recipe[name] = stage_cfg.model_dump(mode="json")
     scores: dict[str, dict[str, dict[str, float | None]]] = {}
-    for s in STEPS:  # evaluate steps whose predict step decoded a policy of this lineage
+    for s in graph:  # evaluate steps whose predict step decoded a policy of this lineage
         if s.kind != "evaluate":
             continue
         predict = next((by_name[i] for i in s.inputs if i in by_name and by_name[i].kind == "predict"), None)
@@ -59,7 +60,8 @@ def card_info(run_config: Any, store: Any, step: str, ref: Any, base_label: str,
             continue
         m = read_manifest(store, step_prefix(run_config.run_id, s.name))
         if m is not None:
-            label = "SFT" if by_name[predict.model_from].kind == "sft" else f"RL ({predict.model_from})"
+            source = by_name[predict.model_from]
+            label = "SFT" if source.kind == "sft" else f"RL ({source.kind})"
             scores[label] = _scores(m.metrics)
     predict_cfg = getattr(run_config.stages, "predict", None)
     return CardInfo(run_id=run_config.run_id, step=step, base=base_label, base_digest=directory_digest(base_dir),

@@ -16,8 +16,15 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["STATE_FILE", "load_training_state", "restore_rng", "rng_state", "save_training_state",
-           "trainable_state", "load_trainable_state"]
+__all__ = [
+    "STATE_FILE",
+    "load_trainable_state",
+    "load_training_state",
+    "restore_rng",
+    "rng_state",
+    "save_training_state",
+    "trainable_state",
+]
 
 STATE_FILE = "trainer_state.pt"
 

@@ -1,6 +1,6 @@
 """Turning prompts into SQL: batched generation that stops at the end of the statement, and SQL clean-up.
 
-Used by ``predict`` and by the RL stages (``rm_data`` samples candidates, ``ppo`` rolls out the policy).
+Used by ``predict`` and by the RL stages (``rm_data`` samples candidates, the RL stages roll out the policy).
 
 - :func:`generate` encodes prompts left-padded (a decoder-only model continues from the last
   position, so every row must end there), sorts them by length so a batch carries little padding,

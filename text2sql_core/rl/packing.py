@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .ppo_math import entropy_from_logits, logprobs_from_logits
+from .losses import entropy_from_logits, logprobs_from_logits
 
 if TYPE_CHECKING:  # pragma: no cover
     from .constrained import TokenConstraints

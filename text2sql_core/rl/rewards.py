@@ -1,12 +1,17 @@
-"""What a generated SQL query is worth: the reward model's score, execution against gold, or both.
+"""What a generated SQL query is worth: a weighted list of named reward terms.
 
-Three reward modes (``reward.mode`` of the ppo stage):
+Every RL algorithm scores its samples with :class:`RewardFunctions`, built from a list of
+:class:`RewardTerm` (name, weight):
 
-- ``rm``: the reward model's score of (prompt, response), read at the response's last token;
 - ``execution``: run the query in the SQL sandbox and compare its result with the gold result under
-  Spider EX semantics: ``match`` scores +1, a wrong result 0, an error (syntax, timeout, row cap...) a
+  Spider EX semantics: ``match`` +1, a wrong result 0, an error (syntax, timeout, row cap...) a
   penalty (-0.5 by default), so that "runs but wrong" is preferred to "does not run";
-- ``hybrid``: the RM score plus ``execution_weight`` times the execution reward.
+- ``graded_execution``: Arctic-Text2SQL-R1's reward: 1 on a match, 0.1 when the query runs but is
+  wrong, 0 otherwise (no negative reward, so group-normalised methods see no sign flip);
+- ``syntax``: 1 when the query runs at all (a format term), else 0;
+- ``rm``: the reward model's score of (prompt, response), read at the response's last token.
+
+PPO's ``reward.mode`` (``rm``, ``execution``, ``hybrid``) is a shorthand for such a list.
 
 :class:`ExecutionJudge` is also what ``rm_data`` uses to decide that a sampled candidate or a
 perturbation is *wrong* (its result differs from gold), so pair mining and the PPO reward agree on
@@ -21,15 +26,20 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from pydantic import BaseModel, ConfigDict, Field
+
 if TYPE_CHECKING:  # pragma: no cover
     from ..sql.sandbox import SandboxPool, SQLResult
 
 __all__ = [
+    "TERM_NAMES",
     "ExecutionJudge",
     "ExecutionRewards",
+    "RewardFunctions",
     "RewardMode",
+    "RewardTerm",
     "Verdict",
-    "combine_rewards",
+    "terms_for_mode",
 ]
 
 RewardMode = Literal["rm", "execution", "hybrid"]
@@ -122,19 +132,101 @@ class ExecutionRewards:
         return {Verdict.MATCH: self.match, Verdict.MISMATCH: self.mismatch, Verdict.ERROR: self.error}[verdict]
 
 
-def combine_rewards(mode: RewardMode, rm_scores: Sequence[float] | None,
-                    execution: Sequence[float] | None, execution_weight: float = 1.0) -> list[float]:
-    """The sequence-level reward of each response for ``mode`` (before clipping and the KL term)."""
+TermName = Literal["execution", "graded_execution", "syntax", "rm"]
+TERM_NAMES: tuple[str, ...] = ("execution", "graded_execution", "syntax", "rm")
+
+#: reward per verdict of the execution-based terms, unless a term overrides them
+_DEFAULT_VALUES: dict[str, ExecutionRewards] = {
+    "execution": ExecutionRewards(1.0, 0.0, -0.5),
+    "graded_execution": ExecutionRewards(1.0, 0.1, 0.0),
+    "syntax": ExecutionRewards(1.0, 1.0, 0.0),
+}
+
+
+class RewardTerm(BaseModel):
+    """One named reward function and its weight in the sum."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: TermName = Field(description="`execution` (match / mismatch / error values), `graded_execution` "
+                                       "(1 / 0.1 / 0, as Arctic-Text2SQL-R1), `syntax` (1 when the SQL runs), "
+                                       "`rm` (the reward model's score; adds the rm step to the graph).")
+    weight: float = Field(1.0, description="Weight of this term in the summed reward.")
+    match: float | None = Field(None, description="Reward on a result equal to gold (execution terms; "
+                                                  "default per term).")
+    mismatch: float | None = Field(None, description="Reward when the query runs but its result differs.")
+    error: float | None = Field(None, description="Reward when the query does not run (error, timeout, row cap).")
+
+    def values(self) -> ExecutionRewards:
+        base = _DEFAULT_VALUES[self.name]
+        return ExecutionRewards(base.match if self.match is None else self.match,
+                                base.mismatch if self.mismatch is None else self.mismatch,
+                                base.error if self.error is None else self.error)
+
+
+def terms_for_mode(mode: RewardMode, *, execution_weight: float = 1.0, match: float = 1.0, mismatch: float = 0.0,
+                   error: float = -0.5) -> list[RewardTerm]:
+    """PPO's reward modes as term lists: ``rm``, ``execution``, ``hybrid`` (RM + weighted execution)."""
+    execution = RewardTerm(name="execution", match=match, mismatch=mismatch, error=error)
     if mode == "rm":
-        if rm_scores is None:
-            raise ValueError("reward mode `rm` needs reward-model scores")
-        return [float(s) for s in rm_scores]
+        return [RewardTerm(name="rm")]
     if mode == "execution":
-        if execution is None:
-            raise ValueError("reward mode `execution` needs execution rewards")
-        return [float(e) for e in execution]
+        return [execution]
     if mode == "hybrid":
-        if rm_scores is None or execution is None:
-            raise ValueError("reward mode `hybrid` needs both reward-model scores and execution rewards")
-        return [float(s) + execution_weight * float(e) for s, e in zip(rm_scores, execution, strict=True)]
+        return [RewardTerm(name="rm"), execution.model_copy(update={"weight": execution_weight})]
     raise ValueError(f"unknown reward mode `{mode}`; use rm, execution or hybrid")
+
+
+class RewardFunctions:
+    """The weighted sum of reward terms, with the mean of each term for the logs.
+
+    Execution-based terms share one sandbox run per query (the verdict); ``rm`` scores come from the
+    caller, who holds the reward model.
+    """
+
+    def __init__(self, terms: Sequence[RewardTerm], judge: ExecutionJudge | None = None) -> None:
+        if not terms:
+            raise ValueError("the reward needs at least one term")
+        self.terms = list(terms)
+        self.judge = judge
+        if self.needs_execution and judge is None:
+            raise ValueError(f"reward terms {[t.name for t in self.terms if t.name != 'rm']} need an ExecutionJudge")
+
+    @property
+    def needs_execution(self) -> bool:
+        return any(t.name != "rm" for t in self.terms)
+
+    @property
+    def needs_rm(self) -> bool:
+        return any(t.name == "rm" for t in self.terms)
+
+    def score(self, items: Sequence[tuple[str, str, str]], rm_scores: Sequence[float] | None = None
+              ) -> tuple[list[float], dict[str, float]]:
+        """Summed reward per ``(db_id, gold_sql, sql)`` item, and per-term / verdict means.
+
+        Stats: ``reward_<term>`` per term, ``exec_match`` / ``exec_error`` (shares of verdicts) and
+        ``rm_score`` when they apply.
+        """
+        n = len(items)
+        totals = [0.0] * n
+        stats: dict[str, float] = {}
+        verdicts: list[Verdict] | None = None
+        if self.needs_execution:
+            assert self.judge is not None
+            verdicts = self.judge.verdicts(list(items))
+            stats["exec_match"] = sum(v is Verdict.MATCH for v in verdicts) / max(n, 1)
+            stats["exec_error"] = sum(v is Verdict.ERROR for v in verdicts) / max(n, 1)
+        if self.needs_rm:
+            if rm_scores is None or len(rm_scores) != n:
+                raise ValueError("an `rm` reward term needs one reward-model score per item")
+            stats["rm_score"] = sum(float(s) for s in rm_scores) / max(n, 1)
+        for term in self.terms:
+            if term.name == "rm":
+                values = [float(s) for s in rm_scores]  # type: ignore[union-attr]
+            else:
+                table = term.values()
+                values = [table(v) for v in verdicts]  # type: ignore[union-attr]
+            stats[f"reward_{term.name}"] = sum(values) / max(n, 1)
+            for i, v in enumerate(values):
+                totals[i] += term.weight * v
+        return totals, stats

@@ -1,4 +1,4 @@
-"""Stage kinds, one module each (``stages/<kind>.py`` holds ``<Kind>Config`` and ``run``).
+"""Stage adapters, one module per kind of :mod:`text2sql_core.registry` (``run(ctx)`` and ``STAGE``).
 
 Modules are imported on demand so that loading the registry does not import torch.
 """
@@ -7,19 +7,20 @@ from __future__ import annotations
 
 import importlib
 
+from ..registry import get_kind, kind_names
 from .base import Stage, StageConfigBase, StageContext, run_step
 
 __all__ = ["KINDS", "Stage", "StageConfigBase", "StageContext", "load_registry", "load_stage", "run_step"]
 
-#: every stage kind, in pipeline order
-KINDS: tuple[str, ...] = ("prepare", "sft", "predict", "evaluate", "rm_data", "rm", "ppo")
+#: every stage kind, in registry order
+KINDS: tuple[str, ...] = tuple(kind_names())
 
 
 def load_stage(kind: str) -> Stage:
-    module = importlib.import_module(f"{__name__}.{kind}")
+    module = importlib.import_module(get_kind(kind).module_path)
     stage = module.STAGE
     if stage.name != kind:  # a copy-paste slip would otherwise run the wrong code
-        raise RuntimeError(f"stages/{kind}.py declares STAGE.name={stage.name!r}")
+        raise RuntimeError(f"{module.__name__} declares STAGE.name={stage.name!r}")
     return stage
 
 

@@ -24,7 +24,7 @@ from pydantic import BaseModel
 
 from ..config_base import StageConfigBase
 from ..errors import BadInput
-from ..graph import Step, get_step
+from ..graph import Step, get_step, steps_for
 from ..logging import bind_context, get_logger
 from ..store import ArtifactStore, open_store
 from ..store.manifest import Manifest, fetch, publish, read_manifest
@@ -192,7 +192,7 @@ def run_step(run_config: RunConfig, step_name: str, *, force: bool = False, base
     """
     from . import load_registry
 
-    step = get_step(step_name)
+    step = get_step(step_name, steps_for(run_config))
     stages = registry if registry is not None else load_registry()
     stage = stages.get(step.kind)
     if stage is None:

@@ -1,6 +1,6 @@
-"""The ``predict`` stage: SQL for every dev question from a trained policy (``predict_sft``, ``predict_ppo``).
+"""The ``predict`` stage: SQL for every dev question from a trained policy (``predict_sft``, ``predict_rl``).
 
-The policy is the model published by the step's ``model_from`` upstream (``sft`` or ``ppo``), rebuilt
+The policy is the model published by the step's ``model_from`` upstream (``sft`` or ``rl``), rebuilt
 from its ``model_ref.json`` (:func:`text2sql_core.models.loading.load_policy_from_step`). Prompts are
 ``dev_flat.jsonl`` of the prepare step, generated in left-padded batches, greedy by default
 (sampled decoding made the reference results noisy); each output stops at the end of its first

@@ -55,8 +55,8 @@ _KNOWN = {
     "loss": ("t2s_train_loss", "Latest training loss"),
     "tokens_per_s": ("t2s_train_tokens_per_second", "Training throughput in tokens per second"),
     "gpu_memory_bytes": ("t2s_gpu_memory_bytes", "Peak GPU memory allocated by the stage process"),
-    "reward": ("t2s_ppo_reward", "Mean reward of the latest PPO batch"),
-    "kl": ("t2s_ppo_kl", "Mean KL to the reference policy of the latest PPO batch"),
+    "reward": ("t2s_rl_reward", "Mean reward of the latest RL batch (ppo, grpo; dpo: implicit reward margin)"),
+    "kl": ("t2s_rl_kl", "Mean KL to the reference policy of the latest RL batch"),
 }
 
 

@@ -52,20 +52,23 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
 {{/*
-The run graph, in order. Mirrors text2sql_core/graph.py (a test keeps the two equal): name = the
-step (and the Job's stage label), kind = the stage code it runs, dependsOn = the steps whose
-published outputs it reads; the controller starts a step once all of them are Complete.
+The run graph, in order: the graph of runConfig.rl.algorithm among those generated from the stage
+registry into _steps.tpl (hack/gen-steps.py); "<algorithm>+rm" when that algorithm's reward list
+has an `rm` term. Each entry: name (the step, the Job's stage label), kind, dependsOn.
 */}}
 {{- define "text2sql-rlhf.steps" -}}
-- {name: prepare, kind: prepare, dependsOn: []}
-- {name: sft, kind: sft, dependsOn: [prepare]}
-- {name: predict_sft, kind: predict, dependsOn: [prepare, sft]}
-- {name: evaluate_sft, kind: evaluate, dependsOn: [prepare, predict_sft]}
-- {name: rm_data, kind: rm_data, dependsOn: [prepare, sft]}
-- {name: rm, kind: rm, dependsOn: [rm_data, sft]}
-- {name: ppo, kind: ppo, dependsOn: [prepare, sft, rm]}
-- {name: predict_ppo, kind: predict, dependsOn: [prepare, ppo]}
-- {name: evaluate_ppo, kind: evaluate, dependsOn: [prepare, predict_ppo]}
+{{- $rc := .Values.runConfig | default dict }}
+{{- $algorithm := (($rc.rl | default dict).algorithm) | default (include "text2sql-rlhf.defaultAlgorithm" .) }}
+{{- $graphs := include "text2sql-rlhf.graphs" . | fromYaml }}
+{{- $key := $algorithm }}
+{{- $settings := index ($rc.stages | default dict) $algorithm | default dict }}
+{{- range $term := ($settings.rewards | default list) }}
+{{- if eq (toString $term.name) "rm" }}{{ $key = printf "%s+rm" $algorithm }}{{ end }}
+{{- end }}
+{{- if not (hasKey $graphs $key) }}
+{{- fail (printf "runConfig.rl.algorithm %q is not an RL algorithm of this chart; use one of: %s" $algorithm (keys $graphs | sortAlpha | join ", ")) }}
+{{- end }}
+{{- index $graphs $key | toYaml }}
 {{- end }}
 
 {{/*

@@ -13,10 +13,10 @@ Each templates/job-<step>.yaml includes this with its step name. Arguments: dict
 {{- $order = $i }}
 {{- end }}
 {{- end }}
-{{- if not $step }}
-{{- fail (printf "internal: unknown step %q" $stepName) }}
+{{- if and (not $step) (eq (toString $root.Values.stage) $stepName) }}
+{{- fail (printf "stage %q is not a step of this run's graph (runConfig.rl.algorithm decides whether rm_data and rm run)" $stepName) }}
 {{- end }}
-{{- if include "text2sql-rlhf.stepRendered" (dict "root" $root "step" $stepName) }}
+{{- if and $step (include "text2sql-rlhf.stepRendered" (dict "root" $root "step" $stepName)) }}
 {{- $s := include "text2sql-rlhf.stepSettings" (dict "root" $root "step" $stepName) | fromJson }}
 {{- $gpus := int $s.gpus }}
 {{- $nodes := int $s.nodes }}

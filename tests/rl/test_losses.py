@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from text2sql_core.rl.ppo_math import (
+from text2sql_core.rl.losses import (
     compute_gae,
     entropy_from_logits,
     kl_penalty,

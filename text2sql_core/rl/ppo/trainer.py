@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,9 +33,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ..models.generation import encode_prompts
-from .packing import PackedGroup, head_outputs, pack_rows, response_logprobs
-from .ppo_math import (
+from ...models.checkpoint import (
+    load_trainable_state,
+    load_training_state,
+    restore_rng,
+    rng_state,
+    save_training_state,
+    trainable_state,
+)
+from ...models.generation import encode_prompts
+from ..losses import (
     compute_gae,
     last_token_index,
     masked_mean,
@@ -45,91 +51,15 @@ from .ppo_math import (
     token_rewards,
     value_loss,
 )
-from .rewards import ExecutionJudge, ExecutionRewards, Verdict, combine_rewards
+from ..packing import PackedGroup, head_outputs, pack_rows, response_logprobs
+from ..rewards import ExecutionJudge, RewardFunctions, Verdict, terms_for_mode
+from ..rollout import PromptExample, decode_responses, prompt_batch, sample_responses
+from .config import PPOConfig
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..stages.ppo import PPOConfig
-    from .constrained import TokenConstraints
+    from ..constrained import TokenConstraints
 
-__all__ = [
-    "PPOTrainer",
-    "PromptExample",
-    "Rollout",
-    "decode_responses",
-    "response_mask",
-    "sample_responses",
-]
-
-STATE_FILE = "trainer_state.pt"
-
-
-@dataclass(frozen=True)
-class PromptExample:
-    """A training prompt and what its answer is checked against."""
-
-    prompt: str
-    db_id: str
-    query: str
-
-
-def response_mask(responses: torch.Tensor, eos_token_id: int) -> torch.Tensor:
-    """1 for every response token up to and including the first EOS, 0 after it."""
-    is_eos = responses == eos_token_id
-    after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0
-    return (~after_eos).long()
-
-
-@torch.no_grad()
-def sample_responses(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, max_new_tokens: int,
-                     temperature: float = 1.0, top_p: float = 1.0, copy_from: Sequence[str] | None = None
-                     ) -> tuple[torch.Tensor, torch.Tensor, TokenConstraints | None]:
-    """Sampled responses ``(B, N)`` (padded after the first EOS), their mask, and where sampling was constrained.
-
-    Rollouts need the exact tokens sampled (their log-probabilities are the PPO actions), so this
-    stops at EOS only; the SQL that is executed is cut at the end of its first statement by
-    :func:`~text2sql_core.models.generation.clean_sql`, as in prediction. ``copy_from`` (one prompt
-    per row) samples under predict's value-copy constraint, so the policy explores the answers it
-    can give when it is deployed with ``predict.copy_values``; the positions it constrained come back
-    (:class:`~text2sql_core.rl.constrained.TokenConstraints`), so that scoring renormalises the same way.
-    """
-    kwargs: dict[str, Any] = {}
-    recorder = None
-    if copy_from is not None:
-        from ..models.value_copy import ValueCopyConstraint
-        from .constrained import RecordingProcessor
-
-        recorder = RecordingProcessor(ValueCopyConstraint(tokenizer, list(copy_from), prompt_ids.shape[1]),
-                                      prompt_ids.shape[1])
-        kwargs["logits_processor"] = [recorder]
-    out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=True, temperature=temperature,
-                         top_p=top_p, top_k=0, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                         eos_token_id=tokenizer.eos_token_id, **kwargs)
-    responses = out[:, prompt_ids.shape[1]:]
-    if responses.shape[1] == 0:  # max_new_tokens reached at once cannot happen, but stay total
-        responses = torch.full((out.shape[0], 1), tokenizer.eos_token_id, dtype=torch.long)
-    mask = response_mask(responses, tokenizer.eos_token_id)
-    responses = torch.where(mask.bool(), responses, torch.full_like(responses, tokenizer.pad_token_id))
-    keep = int(mask.sum(1).max().item())
-    responses, mask = responses[:, :keep], mask[:, :keep]
-    constraints = recorder.constraints().truncate(keep, mask) if recorder is not None else None
-    return responses, mask, constraints
-
-
-def decode_responses(tokenizer, responses: torch.Tensor, mask: torch.Tensor) -> list[str]:
-    """The SQL of each response: decoded, then cut to one clean statement the way ``predict`` does."""
-    from ..models.generation import clean_sql
-
-    texts = []
-    for row, m in zip(responses.tolist(), mask.tolist(), strict=True):
-        ids = [t for t, keep in zip(row, m, strict=True) if keep]
-        texts.append(clean_sql(tokenizer.decode(ids, skip_special_tokens=True)))
-    return texts
-
-
-def _trainable_state(model) -> dict[str, torch.Tensor]:
-    """The parameters that training changes (adapters, value head): all a checkpoint needs of a model."""
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-
+__all__ = ["PPOTrainer", "Rollout"]
 
 @dataclass
 class Rollout:
@@ -173,7 +103,8 @@ class PPOTrainer:
         if config.reward.mode in ("execution", "hybrid") and judge is None:
             raise ValueError(f"reward mode `{config.reward.mode}` needs an ExecutionJudge")
         rc = config.reward
-        self.execution_rewards = ExecutionRewards(match=rc.match, mismatch=rc.mismatch, error=rc.error)
+        self.rewards = RewardFunctions(terms_for_mode(rc.mode, execution_weight=rc.execution_weight, match=rc.match,
+                                                      mismatch=rc.mismatch, error=rc.error), judge)
         self.actor_params = [p for p in actor.parameters() if p.requires_grad]
         self.critic_params = [p for p in critic.parameters() if p.requires_grad]
         if not self.actor_params or not self.critic_params:
@@ -228,15 +159,8 @@ class PPOTrainer:
     # ------------------------------------------------------------------ prompts
 
     def batch_for_step(self, step: int) -> list[PromptExample]:
-        """The prompts of PPO step ``step``: consecutive slices of a fresh seeded permutation per epoch."""
-        n, b = len(self.examples), self.cfg.batch_size
-        out = []
-        for position in range(step * b, step * b + b):
-            epoch, offset = divmod(position, n)
-            order = list(range(n))
-            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
-            out.append(self.examples[order[offset]])
-        return out
+        """The prompts of PPO step ``step`` (the shared seeded plan: a resume sees the same ones)."""
+        return prompt_batch(self.examples, step, self.cfg.batch_size, self.seed)
 
     # ------------------------------------------------------------------ scoring
 
@@ -253,23 +177,14 @@ class PPOTrainer:
         The RM score is the frozen reward model (the critic with its adapter off) at each row's last
         response token ``last``; the execution reward runs the cleaned SQL ``texts`` against gold.
         """
-        mode = self.cfg.reward.mode
-        stats: dict[str, float] = {}
         rm_scores = None
-        execution = None
-        if mode in ("rm", "hybrid"):
+        if self.rewards.needs_rm:
             assert groups is not None and last is not None
             with torch.no_grad(), self.critic.disable_adapter():
                 heads = head_outputs(self.critic, groups)
             rm_scores = heads[torch.arange(heads.shape[0], device=heads.device), last + 1].tolist()
-            stats["rm_score"] = float(np.mean(rm_scores))
-        if mode in ("execution", "hybrid"):
-            assert self.judge is not None
-            verdicts = self.judge.verdicts([(e.db_id, e.query, t) for e, t in zip(examples, texts, strict=True)])
-            execution = [self.execution_rewards(v) for v in verdicts]
-            stats["exec_match"] = float(np.mean([v is Verdict.MATCH for v in verdicts]))
-            stats["exec_error"] = float(np.mean([v is Verdict.ERROR for v in verdicts]))
-        scores = combine_rewards(mode, rm_scores, execution, self.cfg.reward.execution_weight)
+        scores, stats = self.rewards.score([(e.db_id, e.query, t) for e, t in zip(examples, texts, strict=True)],
+                                           rm_scores)
         return torch.tensor(scores, dtype=torch.float32, device=self.device), stats
 
     # ------------------------------------------------------------------ experience
@@ -390,8 +305,8 @@ class PPOTrainer:
         The reward is this run's mode (RM score of the cleaned SQL, execution reward, or both) before
         clipping and without the KL term.
         """
-        from ..models.generation import generate as generate_sql
-        from .reward_model import score_texts
+        from ...models.generation import generate as generate_sql
+        from ..reward_model import score_texts
 
         swapped = self._swap_in_ema() if use_ema and self.ema is not None else None
         try:
@@ -404,22 +319,23 @@ class PPOTrainer:
             if swapped is not None:
                 self._restore(swapped)
         sqls = [g.sql for g in generations]
-        rm_scores = execution = None
+        rm_scores = None
         out: dict[str, float] = {}
-        if self.cfg.reward.mode in ("rm", "hybrid"):
+        if self.rewards.needs_rm:
             with self.critic.disable_adapter():
                 scores = [score_texts(self.critic, self.tokenizer, [e.prompt for e in examples[i:i + batch_size]],
                                       sqls[i:i + batch_size], self.cfg.max_source_length + self.cfg.max_new_tokens,
                                       keys=[e.db_id for e in examples[i:i + batch_size]])
                           for i in range(0, len(examples), batch_size)]
             rm_scores = torch.cat(scores).tolist()
-            out["rm_score"] = float(np.mean(rm_scores))
-        if self.judge is not None:
-            verdicts = self.judge.verdicts([(e.db_id, e.query, s) for e, s in zip(examples, sqls, strict=True)])
-            execution = [self.execution_rewards(v) for v in verdicts]
-            out["execution_accuracy"] = float(np.mean([v is Verdict.MATCH for v in verdicts]))
-        out["reward"] = float(np.mean(combine_rewards(self.cfg.reward.mode, rm_scores, execution,
-                                                      self.cfg.reward.execution_weight)))
+        items = [(e.db_id, e.query, s) for e, s in zip(examples, sqls, strict=True)]
+        totals, stats = self.rewards.score(items, rm_scores)
+        if "rm_score" in stats:
+            out["rm_score"] = stats["rm_score"]
+        if self.judge is not None:  # an rm-only reward still reports EX when a judge is at hand
+            out["execution_accuracy"] = stats["exec_match"] if "exec_match" in stats else float(
+                np.mean([v is Verdict.MATCH for v in self.judge.verdicts(items)]))
+        out["reward"] = float(np.mean(totals))
         return out
 
     @torch.no_grad()
@@ -452,47 +368,34 @@ class PPOTrainer:
     def state_dict(self) -> dict[str, Any]:
         return {
             "global_step": self.global_step,
-            "actor": _trainable_state(self.actor),
-            "critic": _trainable_state(self.critic),
+            "actor": trainable_state(self.actor),
+            "critic": trainable_state(self.critic),
             "actor_optimizer": self.actor_opt.state_dict(),
             "critic_optimizer": self.critic_opt.state_dict(),
             "ema": self.ema,
             "history": self.history,
-            "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
-                    "torch": torch.get_rng_state()},
+            "rng": rng_state(),
         }
 
     @torch.no_grad()
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key, model in (("actor", self.actor), ("critic", self.critic)):
-            params = dict(model.named_parameters())
-            missing = set(state[key]) ^ {n for n, p in params.items() if p.requires_grad}
-            if missing:
-                raise ValueError(f"checkpoint's {key} parameters do not match the model: {sorted(missing)[:5]}")
-            for name, value in state[key].items():
-                params[name].copy_(value)
+        load_trainable_state(self.actor, state["actor"], what="actor")
+        load_trainable_state(self.critic, state["critic"], what="critic")
         self.actor_opt.load_state_dict(state["actor_optimizer"])
         self.critic_opt.load_state_dict(state["critic_optimizer"])
         self.ema = state["ema"]
         self.history = list(state["history"])
         self.global_step = int(state["global_step"])
-        random.setstate(state["rng"]["python"])
-        np.random.set_state(state["rng"]["numpy"])
-        torch.set_rng_state(state["rng"]["torch"])
+        restore_rng(state["rng"])
 
     def save(self, directory: Path) -> Path:
         """Write the full training state to ``directory`` (atomically) and return the file."""
-        directory.mkdir(parents=True, exist_ok=True)
-        target = directory / STATE_FILE
-        tmp = directory / (STATE_FILE + ".tmp")
-        torch.save(self.state_dict(), tmp)
-        tmp.replace(target)
-        (directory / "trainer_state.json").write_text(json.dumps({"global_step": self.global_step}) + "\n")
-        return target
+        state = self.state_dict()
+        state.pop("rng")  # save_training_state records the generators itself
+        return save_training_state(directory, state, step=self.global_step)
 
     def load(self, directory: Path) -> None:
-        state = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=False)
-        self.load_state_dict(state)
+        self.load_state_dict(load_training_state(directory, restore_generators=False))
 
     def optimizer_steps(self) -> int:
         """How many Adam steps the actor optimizer has taken (its restored state proves a real resume)."""

@@ -1,0 +1,108 @@
+"""The rollout every online RL algorithm shares: which prompts a step takes, sampling, decoding.
+
+Rollouts need the exact tokens sampled (their log-probabilities are the actions), so sampling
+stops at EOS only and records where predict's value-copy constraint changed the distribution; the
+SQL that is executed is cut to one clean statement the way ``predict`` cuts it.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .constrained import TokenConstraints
+
+__all__ = ["PromptExample", "decode_responses", "examples_from_rows", "prompt_batch", "response_mask",
+           "sample_responses"]
+
+
+@dataclass(frozen=True)
+class PromptExample:
+    """A training prompt and what its answer is checked against."""
+
+    prompt: str
+    db_id: str
+    query: str
+
+
+def response_mask(responses: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """1 for every response token up to and including the first EOS, 0 after it."""
+    is_eos = responses == eos_token_id
+    after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0
+    return (~after_eos).long()
+
+
+@torch.no_grad()
+def sample_responses(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, max_new_tokens: int,
+                     temperature: float = 1.0, top_p: float = 1.0, copy_from: Sequence[str] | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor, TokenConstraints | None]:
+    """Sampled responses ``(B, N)`` (padded after the first EOS), their mask, and where sampling was constrained.
+
+    Rollouts need the exact tokens sampled (their log-probabilities are the PPO actions), so this
+    stops at EOS only; the SQL that is executed is cut at the end of its first statement by
+    :func:`~text2sql_core.models.generation.clean_sql`, as in prediction. ``copy_from`` (one prompt
+    per row) samples under predict's value-copy constraint, so the policy explores the answers it
+    can give when it is deployed with ``predict.copy_values``; the positions it constrained come back
+    (:class:`~text2sql_core.rl.constrained.TokenConstraints`), so that scoring renormalises the same way.
+    """
+    kwargs: dict[str, Any] = {}
+    recorder = None
+    if copy_from is not None:
+        from ..models.value_copy import ValueCopyConstraint
+        from .constrained import RecordingProcessor
+
+        recorder = RecordingProcessor(ValueCopyConstraint(tokenizer, list(copy_from), prompt_ids.shape[1]),
+                                      prompt_ids.shape[1])
+        kwargs["logits_processor"] = [recorder]
+    out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=True, temperature=temperature,
+                         top_p=top_p, top_k=0, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=tokenizer.eos_token_id, **kwargs)
+    responses = out[:, prompt_ids.shape[1]:]
+    if responses.shape[1] == 0:  # max_new_tokens reached at once cannot happen, but stay total
+        responses = torch.full((out.shape[0], 1), tokenizer.eos_token_id, dtype=torch.long)
+    mask = response_mask(responses, tokenizer.eos_token_id)
+    responses = torch.where(mask.bool(), responses, torch.full_like(responses, tokenizer.pad_token_id))
+    keep = int(mask.sum(1).max().item())
+    responses, mask = responses[:, :keep], mask[:, :keep]
+    constraints = recorder.constraints().truncate(keep, mask) if recorder is not None else None
+    return responses, mask, constraints
+
+
+def decode_responses(tokenizer, responses: torch.Tensor, mask: torch.Tensor) -> list[str]:
+    """The SQL of each response: decoded, then cut to one clean statement the way ``predict`` does."""
+    from ..models.generation import clean_sql
+
+    texts = []
+    for row, m in zip(responses.tolist(), mask.tolist(), strict=True):
+        ids = [t for t, keep in zip(row, m, strict=True) if keep]
+        texts.append(clean_sql(tokenizer.decode(ids, skip_special_tokens=True)))
+    return texts
+
+
+def examples_from_rows(rows: Sequence[dict[str, Any]]) -> list[PromptExample]:
+    """Prompt examples from prepared rows (``prompt``, ``db_id``, ``query``)."""
+    return [PromptExample(r["prompt"], r["db_id"], r["query"]) for r in rows]
+
+
+def prompt_batch(examples: Sequence[Any], step: int, batch_size: int, seed: int) -> list[Any]:
+    """The items of training step ``step``: consecutive slices of a fresh seeded permutation per epoch.
+
+    The items of step ``s`` depend on ``s`` only, so a resumed run sees the same ones as an
+    uninterrupted run (for prompts and for DPO's pairs alike).
+    """
+    n = len(examples)
+    out = []
+    orders: dict[int, list[int]] = {}
+    for position in range(step * batch_size, step * batch_size + batch_size):
+        epoch, offset = divmod(position, n)
+        if epoch not in orders:
+            order = list(range(n))
+            random.Random(seed * 1_000_003 + epoch).shuffle(order)
+            orders[epoch] = order
+        out.append(examples[orders[epoch][offset]])
+    return out
