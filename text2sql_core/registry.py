@@ -90,6 +90,11 @@ KINDS: tuple[StageKind, ...] = (
               inputs=("prepare", "sft", "rm"),
               outputs=("adapter/", "model_ref.json", "ppo_log.jsonl", "curves.png", "eval.json"),
               section="PPO training of the policy (rl.algorithm: ppo)."),
+    StageKind("export", "text2sql_core.stages.export:ExportConfig", role="export",
+              description="The final RL policy, servable without this project: merged HF model, one LoRA adapter "
+                          "(every adapter of the run concatenated), generation_config.json, model card.",
+              outputs=("model.safetensors", "config.json", "generation_config.json", "README.md", "adapter/"),
+              section="Export of the final policy."),
 )
 
 #: kinds ``rl.algorithm`` can name, in declared order

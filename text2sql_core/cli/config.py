@@ -48,7 +48,9 @@ def commented_yaml(model: BaseModel, indent: int = 0) -> str:
             for line in textwrap.wrap(info.description, width=max(40, 100 - indent)):
                 lines.append(f"{pad}# {line}")
         value = getattr(model, name)
-        if isinstance(value, BaseModel):
+        if isinstance(value, BaseModel) and not type(value).model_fields:
+            lines.append(f"{pad}{name}: {{}}")  # a section with no knobs yet
+        elif isinstance(value, BaseModel):
             lines.append(f"{pad}{name}:")
             lines.append(commented_yaml(value, indent + 2).rstrip("\n"))
         else:

@@ -27,7 +27,21 @@ def _run(args: argparse.Namespace) -> int:
         cfg = cfg.model_copy(update={"run_id": args.run_id})
     steps = select_steps(args.steps.split(",") if args.steps else None, until=args.until, steps=steps_for(cfg))
     run_pipeline(args.config, cfg, steps=steps, force=args.force, report=not args.no_report)
+    if any(s.kind == "export" for s in steps):
+        print(f"export: {_export_location(cfg)} (merged model, model card; see its README.md to serve it)")
     return EXIT_OK
+
+
+def _export_location(cfg) -> str:
+    """Where the export step published: a local folder, or the store URI of its prefix."""
+    from ..graph import steps_for
+
+    name = next(s.name for s in steps_for(cfg) if s.kind == "export")
+    if cfg.store.kind == "local":
+        return str(Path(cfg.store.local.path).expanduser() / "runs" / cfg.run_id / name)
+    from ..store import open_store
+
+    return open_store(cfg.store).uri_for(f"runs/{cfg.run_id}/{name}")
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -22,4 +22,5 @@ ppo:
 - {name: rl, kind: ppo, dependsOn: [prepare, sft, rm]}
 - {name: predict_rl, kind: predict, dependsOn: [prepare, rl]}
 - {name: evaluate_rl, kind: evaluate, dependsOn: [prepare, predict_rl]}
+- {name: export, kind: export, dependsOn: [prepare, rl, evaluate_sft, evaluate_rl]}
 {{- end }}
