@@ -250,4 +250,4 @@ def export_policy(ref: Any, resolve: Callable[[Any], Path], out_dir: Path, *, in
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return {"adapter_rank": rank or 0, "parameters": sum(p.numel() for p in model.parameters()),
-            "files": sum(1 for p in out_dir.rglob("*") if p.is_file())}
+            "exported_files": sum(1 for p in out_dir.rglob("*") if p.is_file())}
