@@ -7,6 +7,10 @@ parses and matches, each distinct query once. Both must give identical scores.
 
     python benchmarks/eval_speed.py [--repeat 3] [--rounds 3]
 
+Then ``t2s eval`` itself, end to end in a fresh process (start-up, imports, reading the files, writing
+the outputs), with and without the chart, beside the scoring time it reports (``summary.json``'s
+``seconds``); goal: end to end <= 1.5x scoring with ``--no-chart``.
+
 ``--repeat 3`` evaluates the sample three times over (1011 predictions, about Spider dev's 1034).
 Each copy's SQL gets a different trailing space count, so no copy is served from another's cache:
 the work is that of 1011 distinct examples.
@@ -15,8 +19,12 @@ the work is that of 1011 distinct examples.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -66,6 +74,28 @@ def main() -> None:
     print(f"{'serial, uncached':24s} {base:6.2f} s   {base_queries:5d} queries executed")
     print(f"{'default (pool, cached)':24s} {fast:6.2f} s   {fast_queries:5d} queries executed")
     print(f"speed-up: {base / fast:.2f}x   ({len(gold) / fast:.0f} predictions/s)")
+    end_to_end(sample, args.system, args.rounds)
+
+
+def end_to_end(sample: Path, system: str, rounds: int) -> None:
+    """``t2s eval`` as a user runs it, on the sample once over: wall time beside the scoring it reports."""
+    cmd = [sys.executable, "-m", "text2sql_core.cli", "eval", "--gold", str(sample / "dev_gold.sql"),
+           "--pred", str(sample / "predictions" / f"{system}.sql"), "--db", str(sample / "database"),
+           "--tables", str(sample / "tables.json"), "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    print(f"\nt2s eval end to end ({system}, the sample once), median of {rounds} rounds:")
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, extra in (("--no-chart", ["--no-chart"]), ("with the chart", [])):
+            walls, scoring = [], []
+            for _ in range(rounds):
+                out = Path(tmp) / "out"
+                started = time.perf_counter()
+                subprocess.run([*cmd, "--out", str(out), *extra], env=env, cwd=tmp, check=True, capture_output=True)
+                walls.append(time.perf_counter() - started)
+                scoring.append(json.loads((out / "summary.json").read_text())["seconds"])
+            wall, score = statistics.median(walls), statistics.median(scoring)
+            print(f"{label:24s} {wall:6.2f} s end to end, {score:6.2f} s scoring: {wall / score:.2f}x"
+                  + ("   (goal <= 1.5x)" if extra else ""))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from text2sql_core.stages import KINDS
 
 def test_graph_order_and_kinds() -> None:
     assert step_names() == ["prepare", "sft", "predict_sft", "evaluate_sft", "rm_data", "rm", "rl",
-                            "predict_rl", "evaluate_rl"]
+                            "predict_rl", "evaluate_rl", "export"]
     assert [s.name for s in topological()] == step_names()
     assert {s.kind for s in STEPS} <= set(KINDS)
     for s in STEPS:
@@ -34,7 +34,7 @@ def test_every_rl_algorithm_has_a_graph_ending_in_the_rl_tail() -> None:
         steps = build_steps(algorithm)
         names = [s.name for s in steps]
         assert names[:4] == ["prepare", "sft", "predict_sft", "evaluate_sft"]
-        assert names[-3:] == ["rl", "predict_rl", "evaluate_rl"]
+        assert names[-4:] == ["rl", "predict_rl", "evaluate_rl", "export"]
         rl = next(s for s in steps if s.name == "rl")
         assert rl.kind == algorithm and all(i in names for i in rl.inputs)
         assert [s.name for s in topological(steps)] == names

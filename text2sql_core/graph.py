@@ -54,6 +54,8 @@ _PROVIDERS: dict[str, Step] = {
 _TAIL: tuple[Step, ...] = (
     Step("predict_rl", "predict", ("prepare", "rl"), model_from="rl"),
     Step("evaluate_rl", "evaluate", ("prepare", "predict_rl")),
+    # last: the card quotes both evaluations, so they are published first
+    Step("export", "export", ("prepare", "rl", "evaluate_sft", "evaluate_rl"), model_from="rl"),
 )
 
 

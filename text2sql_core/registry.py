@@ -100,6 +100,11 @@ KINDS: tuple[StageKind, ...] = (
               inputs=("prepare", "sft", "rm_data"),
               outputs=("adapter/", "model_ref.json", "dpo_log.jsonl", "curves.png", "eval.json"),
               section="DPO training of the policy (rl.algorithm: dpo)."),
+    StageKind("export", "text2sql_core.stages.export:ExportConfig", role="export",
+              description="The final RL policy, servable without this project: merged HF model, one LoRA adapter "
+                          "(every adapter of the run concatenated), generation_config.json, model card.",
+              outputs=("model.safetensors", "config.json", "generation_config.json", "README.md", "adapter/"),
+              section="Export of the final policy."),
 )
 
 #: kinds ``rl.algorithm`` can name, in declared order

@@ -580,7 +580,7 @@ def test_disabled_upstream_step_fails_the_render() -> None:
     assert "step rl is enabled but the step it depends on, rm, is disabled" in message
     # disabling the whole tail is fine
     steps = jobs_by_step(render({"stages": {s: {"enabled": False} for s in ("rm_data", "rm", "rl", "predict_rl",
-                                                                            "evaluate_rl")}}))
+                                                                            "evaluate_rl", "export")}}))
     assert sorted(steps) == ["evaluate_sft", "predict_sft", "prepare", "sft"]
 
 

@@ -6,7 +6,6 @@ import argparse
 import os
 import re
 import signal
-from pathlib import Path
 
 from ..errors import EXIT_OK, BadInput, T2SError
 
@@ -48,7 +47,7 @@ def _run(args: argparse.Namespace) -> int:
         raise BadInput("; ".join(format_validation_error(exc)), field="controller options") from None
     port = _metrics_port(args.metrics_port)
     run_config = load_run_config(args.config)
-    store = open_store(run_config.store, base_dir=Path(args.config).parent if args.config else None)
+    store = open_store(run_config.store)
     api = load_api_client(args.kubeconfig)
     bind_context(run=args.run_id or "*")
     log = get_logger(component="controller")

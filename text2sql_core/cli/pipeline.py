@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from ..errors import EXIT_OK
+from ..errors import EXIT_OK, BadInput
 from ..graph import all_step_names
+
+_NO_CONFIG_HINT = ("no --config and no data/ folder here: nothing to run. Try the demo (`make demo`, or "
+                   "`t2s demo-data --out demo/data` then `t2s pipeline run --config examples/demo.yaml`), or "
+                   "write a run config with `t2s config defaults > run.yaml`, edit its `data` section and pass "
+                   "--config run.yaml")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -13,12 +19,29 @@ def _run(args: argparse.Namespace) -> int:
     from ..graph import steps_for
     from ..pipeline import run_pipeline, select_steps
 
+    if not args.config and not Path("data").is_dir():  # checked before anything is written
+        raise BadInput(_NO_CONFIG_HINT, field="--config")
+
     cfg = load_run_config(args.config)
     if args.run_id:
         cfg = cfg.model_copy(update={"run_id": args.run_id})
     steps = select_steps(args.steps.split(",") if args.steps else None, until=args.until, steps=steps_for(cfg))
     run_pipeline(args.config, cfg, steps=steps, force=args.force, report=not args.no_report)
+    if any(s.kind == "export" for s in steps):
+        print(f"export: {_export_location(cfg)} (merged model, model card; see its README.md to serve it)")
     return EXIT_OK
+
+
+def _export_location(cfg) -> str:
+    """Where the export step published: a local folder, or the store URI of its prefix."""
+    from ..graph import steps_for
+
+    name = next(s.name for s in steps_for(cfg) if s.kind == "export")
+    if cfg.store.kind == "local":
+        return str(Path(cfg.store.local.path).expanduser() / "runs" / cfg.run_id / name)
+    from ..store import open_store
+
+    return open_store(cfg.store).uri_for(f"runs/{cfg.run_id}/{name}")
 
 
 def _report(args: argparse.Namespace) -> int:

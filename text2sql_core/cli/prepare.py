@@ -6,14 +6,33 @@ import argparse
 from pathlib import Path
 
 from ..data.dataset import DatabaseDir, jsonl_text, prepare_split, write_files_atomically
-from ..data.formats import DATASET_FORMATS, read_examples, read_tables
+from ..data.formats import DATASET_FORMATS, DbSchema, Example, read_examples, read_tables
 from ..errors import BadInput
+from ._flags import flag_names
 
 __all__ = ["register"]
 
 
 def _flat_path(out: Path) -> Path:
     return out.with_name(f"{out.stem}_flat{out.suffix or '.jsonl'}")
+
+
+def _read_wikisql(args: argparse.Namespace) -> tuple[list[Example], dict[str, DbSchema]]:
+    """WikiSQL's question, tables and database files, checked against each other, as examples and schemas."""
+    from ..data import wikisql
+
+    if args.db is None:
+        raise BadInput("WikiSQL needs its SQLite file (dev.db) to check the tables the questions use",
+                       field="--db")
+    if args.db_dir or args.sample_values:
+        raise BadInput("not for WikiSQL (its tables live in the one --db file)",
+                       field="--db-dir" if args.db_dir else "--sample-values")
+    tables = wikisql.read_tables(Path(args.tables))
+    questions = wikisql.read_questions(Path(args.input), tables)
+    used = {q.table_id for q in questions}
+    wikisql.check_database(Path(args.db), tables, used)
+    examples = [wikisql.to_example(q, tables[q.table_id]) for q in questions]
+    return examples, {t: wikisql.to_schema(tables[t]) for t in sorted(used)}
 
 
 def handle(args: argparse.Namespace) -> int:
@@ -23,13 +42,20 @@ def handle(args: argparse.Namespace) -> int:
         raise BadInput("--out and --flat-out name the same file", uri=str(out))
     if args.max_examples is not None and args.max_examples < 1:
         raise BadInput(f"must be >= 1, got {args.max_examples}", field="--max-examples")
-    schemas = read_tables(Path(args.tables))
-    examples = read_examples(args.format, Path(args.input))
+    if args.format == "wikisql":
+        examples, schemas = _read_wikisql(args)
+        databases = None
+    else:
+        if args.db is not None:
+            raise BadInput("--db names WikiSQL's single SQLite file; other formats take --db-dir", field="--db")
+        schemas = read_tables(Path(args.tables))
+        examples = read_examples(args.format, Path(args.input))
+        databases = DatabaseDir(Path(args.db_dir)) if args.db_dir else None
     if args.max_examples is not None:
         examples = examples[: args.max_examples]
-    databases = DatabaseDir(Path(args.db_dir)) if args.db_dir else None
-    split = prepare_split(examples, schemas, fmt=args.format, dataset=args.input, tables_path=args.tables,
-                          databases=databases, sample_values=args.sample_values)
+    with flag_names({"sample_values": "--sample-values"}):
+        split = prepare_split(examples, schemas, fmt=args.format, dataset=args.input, tables_path=args.tables,
+                              databases=databases, sample_values=args.sample_values)
     write_files_atomically({out: jsonl_text(split.records), flat_out: jsonl_text(split.flats)})
     print(f"prepared {len(split.records)} records on {len(split.db_ids)} databases: {out} and {flat_out}")
     return 0
@@ -38,17 +64,21 @@ def handle(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "prepare",
-        help="turn a Spider/BIRD/CoSQL/SParC/CHASE dataset into DB-GPT-Hub SFT records (JSON lines)",
+        help="turn a Spider/BIRD/CoSQL/SParC/CHASE/WikiSQL dataset into DB-GPT-Hub records",
         description="Read a dataset and its tables.json and write one DB-GPT-Hub SFT record "
                     "{db_id, instruction, input, output, history} a line to OUT, and the flat form "
                     "{prompt, output} (reward model, PPO) to OUT's sibling <stem>_flat.jsonl. "
                     "Nothing is written unless every record is valid (exit code 2 names the file and record).",
     )
-    p.add_argument("--format", choices=DATASET_FORMATS, default="spider",
+    p.add_argument("--format", choices=(*DATASET_FORMATS, "wikisql"), default="spider",
                    help="dataset format (default: %(default)s); bird appends evidence to the question, "
-                        "cosql/sparc/chase give one record per turn with the earlier turns as history")
+                        "cosql/sparc/chase give one record per turn with the earlier turns as history, "
+                        "wikisql reads dev.jsonl with --tables dev.tables.jsonl and --db dev.db and turns each "
+                        "logical form into SQL over the real header names")
     p.add_argument("--input", required=True, metavar="DATASET.json", help="dataset file (.json list or .jsonl)")
-    p.add_argument("--tables", required=True, metavar="TABLES.json", help="Spider-style schema file")
+    p.add_argument("--tables", required=True, metavar="TABLES.json",
+                   help="Spider-style schema file (WikiSQL: its <split>.tables.jsonl)")
+    p.add_argument("--db", metavar="FILE.db", help="WikiSQL's SQLite file (only with --format wikisql)")
     p.add_argument("--out", required=True, metavar="OUT.jsonl", help="where to write the SFT records")
     p.add_argument("--flat-out", metavar="PATH", help="where to write the {prompt, output} records "
                                                       "(default: <OUT stem>_flat.jsonl beside OUT)")

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..errors import EXIT_BAD_INPUT, EXIT_OK
+from ..errors import EXIT_BAD_INPUT, EXIT_OK, BadInput
 
 
 def _cluster_jobs(args: argparse.Namespace, run_id: str) -> list[dict] | None:
@@ -35,18 +35,27 @@ def _cluster_jobs(args: argparse.Namespace, run_id: str) -> list[dict] | None:
 
 def _status(args: argparse.Namespace) -> int:
     from ..config import load_run_config
-    from ..graph import step_names
+    from ..graph import step_names, steps_for
     from ..k8s.status import collect_status, format_status
     from ..store import open_store
 
     cfg = load_run_config(args.config)
     run_id = args.run_id or cfg.run_id
-    store = open_store(cfg.store, base_dir=Path(args.config).parent if args.config else None)
+    if cfg.store.kind == "local" and not Path(cfg.store.local.path).expanduser().is_dir():
+        # the same rule as every command: a relative store path is relative to the current directory
+        raise BadInput(f"artifact store {cfg.store.local.path!r} not found (relative paths are resolved against "
+                       f"the current directory, {Path.cwd()}); run from the folder `t2s pipeline run` ran in",
+                       field="--config" if args.config else "store.local.path")
+    store = open_store(cfg.store)
     # Rejected keys, a missing bucket, an unreachable server: fail with that error (exit 2 or 1)
     # instead of a table where every step reads as a corrupt manifest.
     store.list(f"runs/{run_id}")
     jobs = _cluster_jobs(args, run_id) if args.namespace else None
-    status = collect_status(run_id, store, steps=step_names(), jobs=jobs)
+    if not jobs and not store.list(f"runs/{run_id}"):
+        raise BadInput(f"no run {run_id!r} in the artifact store (nothing under runs/{run_id}/"
+                       f"{' and no Job in namespace ' + args.namespace if args.namespace else ''})",
+                       field="--run-id" if args.run_id else "--config")
+    status = collect_status(run_id, store, steps=step_names(steps_for(cfg)), jobs=jobs)
     if args.output == "json":
         print(json.dumps(status.to_dict(), indent=2))
     else:
@@ -64,7 +73,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Print each step of a run with its state (pending, running, complete, published, failed, "
                     "skipped), duration and key metrics (ex, em, loss, reward, accuracy) from the published "
                     "manifests. With --namespace the run's Jobs are read from the cluster too (kubeconfig or "
-                    "in-cluster); without, or when the cluster is unreachable, the store alone is used.")
+                    "in-cluster); without, or when the cluster is unreachable, the store alone is used. A relative store "
+                    "path in the config is resolved against the current directory, as in every command. Exit "
+                    "code 2 for a run with nothing published and no Job, or a store folder that does not "
+                    "exist; 1 for an unreachable S3 store.")
     p.add_argument("--run-id", help="the run (default: run_id of --config)")
     p.add_argument("--config", help="run config YAML whose `store` section says where the artifacts are")
     p.add_argument("--namespace", help="namespace of the run's Jobs: also show Job states")

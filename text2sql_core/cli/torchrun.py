@@ -15,13 +15,29 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..errors import EXIT_BAD_INPUT, BadInput
+from ..errors import EXIT_BAD_INPUT, EXIT_OK, BadInput
 
 EXIT_CODE_ENV = "T2S_EXIT_CODE_FILE"
 
 
+_HELP = """\
+usage: t2s torchrun [torchrun options] -- COMMAND [ARGS]
+
+Runs `torchrun [options] -m text2sql_core.cli COMMAND [ARGS]`. Unlike plain torchrun, a bad input in
+any worker makes the launcher exit 2, so Kubernetes fails the Job at once instead of retrying it.
+Every option before `--` is torchrun's (see `python -m torch.distributed.run --help`); after it comes a
+t2s command.
+
+example:
+  t2s torchrun --nproc-per-node 4 -- stage run sft --config run.yaml
+"""
+
+
 def _run(args: argparse.Namespace) -> int:
     rest = list(args.rest)
+    if not rest or rest[0] in ("-h", "--help"):
+        print(_HELP, end="")
+        return EXIT_OK
     if "--" not in rest:
         raise BadInput("usage: t2s torchrun [torchrun options] -- COMMAND ARGS (a t2s command, e.g. stage run sft)")
     cut = rest.index("--")

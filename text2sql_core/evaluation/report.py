@@ -67,7 +67,12 @@ def summary(result: EvalResult) -> dict[str, Any]:
     }
 
 
-def _markdown(result: EvalResult) -> str:
+def shown_levels(table: dict[str, dict[str, Any]]) -> list[str]:
+    """The levels worth a row or a bar: those with questions (an empty level's 0.000 would read as a score)."""
+    return [level for level, row in table.items() if row["count"] or level == "all"]
+
+
+def _markdown(result: EvalResult, *, chart: bool = True, title: str | None = None) -> str:
     table = result.table()
     flags = [f"etype `{result.etype}`", f"metric `{result.metric}`",
              f"values {'plugged from the gold' if result.plug_value else 'as predicted'}",
@@ -76,16 +81,20 @@ def _markdown(result: EvalResult) -> str:
     def pct(value: float | None) -> str:
         return "–" if value is None else f"{value:.3f}"
 
-    lines = ["# Evaluation", "", f"{result.n} examples; " + ", ".join(flags) + ".", "",
+    lines = [f"# {title or 'Evaluation'}", "", f"{result.n} examples; " + ", ".join(flags) + ".", "",
              "| level | count | execution (EX) | exact match (EM) |", "| --- | ---: | ---: | ---: |"]
-    lines += [f"| {level} | {row['count']} | {pct(row['ex'])} | {pct(row['em'])} |"
-              for level, row in table.items()]
-    lines += ["", "As the official evaluator prints it:", "", "```", format_table(result).rstrip("\n"), "```",
-              "", f"![EX and EM per level]({CHART_NAME})", ""]
+    lines += [f"| {level} | {table[level]['count']} | {pct(table[level]['ex'])} | {pct(table[level]['em'])} |"
+              for level in shown_levels(table)]
+    empty = [level for level in table if level not in shown_levels(table)]
+    if empty:
+        lines += ["", f"No {' / '.join(empty)} questions in this set."]
+    lines += ["", "As the official evaluator prints it:", "", "```", format_table(result).rstrip("\n"), "```", ""]
+    if chart:
+        lines += [f"![EX and EM per level]({CHART_NAME})", ""]
     return "\n".join(lines)
 
 
-def render_chart(result: EvalResult) -> bytes:
+def render_chart(result: EvalResult, *, title: str | None = None) -> bytes:
     """A PNG bar chart of EX and EM per level (and overall)."""
     import matplotlib
 
@@ -93,7 +102,7 @@ def render_chart(result: EvalResult) -> bytes:
     from matplotlib.figure import Figure
 
     table = result.table()
-    levels = list(table)
+    levels = shown_levels(table)
     series = [(name, [table[lv][key] for lv in levels]) for key, name in (("ex", "EX"), ("em", "EM"))
               if table["all"][key] is not None]
     fig = Figure(figsize=(7, 3.6), dpi=110)
@@ -105,8 +114,9 @@ def render_chart(result: EvalResult) -> bytes:
         ax.bar_label(bars, labels=[f"{v:.3f}" for v in values], fontsize=7, padding=2)
     ax.set_xticks(range(len(levels)), [f"{lv}\n(n={table[lv]['count']})" for lv in levels])
     ax.set_ylim(0, 1.1)
-    ax.set_ylabel("accuracy")
-    ax.set_title(f"{result.metric} evaluation of {result.n} predictions")
+    ax.set_xlabel("hardness level (questions)")
+    ax.set_ylabel("accuracy (share of questions)")
+    ax.set_title(title or f"{result.metric} evaluation of {result.n} predictions")
     ax.legend(loc="upper right")
     fig.tight_layout()
     buf = io.BytesIO()
@@ -114,14 +124,20 @@ def render_chart(result: EvalResult) -> bytes:
     return buf.getvalue()
 
 
-def write_outputs(result: EvalResult, out_dir: str | Path) -> dict[str, Path]:
-    """Write the four outputs into ``out_dir`` at once (all or none); returns their paths."""
+def write_outputs(result: EvalResult, out_dir: str | Path, *, chart: bool = True,
+                  title: str | None = None) -> dict[str, Path]:
+    """Write the outputs into ``out_dir`` at once (all or none); returns their paths.
+
+    ``chart=False`` skips ``scores.png`` and with it matplotlib's import (about a second); ``title``
+    names what was scored (the evaluate step writes its step name) in the report and the chart.
+    """
     out = Path(out_dir)
-    files = {
+    files: dict[Path, str | bytes] = {
         out / "per_example.tsv": per_example_tsv(result),
         out / "summary.json": json.dumps(summary(result), indent=2) + "\n",
-        out / "report.md": _markdown(result),
-        out / CHART_NAME: render_chart(result),
+        out / "report.md": _markdown(result, chart=chart, title=title),
     }
+    if chart:
+        files[out / CHART_NAME] = render_chart(result, title=title)
     write_files_atomically(files)
     return {path.name: path for path in files}

@@ -341,7 +341,7 @@ def load_causal_lm(path: Path, *, dtype: str = "fp32", quantization: str = "none
 def fetch_step_dir(ctx: StageContext, ref: DirRef) -> Path:
     """Local, verified copy of ``ref``: through ``ctx.input`` for upstream steps, else from the store.
 
-    A step further up the lineage (predict_ppo reading the SFT adapter that PPO built on) is fetched
+    A step further up the lineage (predict_rl reading the SFT adapter that the RL step built on) is fetched
     directory by directory against that step's manifest, so only the files named are downloaded.
     """
     from ..stages.base import step_prefix

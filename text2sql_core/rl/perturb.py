@@ -21,6 +21,8 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
+from .perturbation_kinds import PERTURBATION_KINDS
+
 __all__ = [
     "PERTURBATION_KINDS",
     "Perturbation",
@@ -30,15 +32,6 @@ __all__ = [
     "verified_perturbations",
 ]
 
-PERTURBATION_KINDS = (
-    "swap_column",
-    "flip_comparison",
-    "drop_condition",
-    "change_aggregate",
-    "order_direction",
-    "change_limit",
-    "swap_table",
-)
 
 _DIALECT = "sqlite"
 

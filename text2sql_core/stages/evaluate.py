@@ -70,7 +70,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         gold, predictions, db_dir=prepared / "database", tables=prepared / "tables.json",
         etype=cfg.etype, metric=cfg.metric, plug_value=cfg.plug_value, keep_distinct=cfg.keep_distinct,
         timeout_s=cfg.timeout_s, row_cap=cfg.row_cap, workers=cfg.workers, progress=sys.stderr.isatty())
-    write_outputs(result, ctx.output_dir)
+    write_outputs(result, ctx.output_dir,
+                  title=f"{ctx.step.name}: {cfg.metric} EX / EM of {predict_names[0]}'s {result.n} predictions")
     ctx.log.info("evaluation done", **result.metrics())
     return result.metrics()
 

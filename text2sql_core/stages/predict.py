@@ -82,7 +82,7 @@ def _atomic_write(path: Path, text: str) -> None:
 def run(ctx: StageContext) -> dict[str, Any]:
     import torch
 
-    from ..models.generation import EMPTY_PREDICTION, generate_sharded
+    from ..models.generation import EMPTY_PREDICTION, generate_sharded, lora_layers, merged_for_inference
     from ..models.loading import load_policy_from_step
 
     cfg: PredictConfig = ctx.config
@@ -97,7 +97,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if cfg.limit is not None:
         questions = questions[: cfg.limit]
     model, tokenizer = load_policy_from_step(ctx, source)
-    ctx.log.info("policy loaded", source=source, questions=len(questions), decoding=cfg.decoding)
+    model = merged_for_inference(model)  # adapters merged once per load: the RL policy decodes as fast as SFT
+    ctx.log.info("policy loaded", source=source, questions=len(questions), decoding=cfg.decoding,
+                 unmerged_lora_layers=lora_layers(model))
 
     started = time.monotonic()
     # under torchrun every rank generates a share of the batches; every rank gets all outputs back, in

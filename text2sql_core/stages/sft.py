@@ -334,14 +334,18 @@ def run(ctx: StageContext) -> dict[str, Any]:
         deepspeed=cfg.deepspeed,
         dataloader_num_workers=0,
         remove_unused_columns=False,
-        disable_tqdm=not _is_tty() or not world.is_main,
+        disable_tqdm=True,  # the Trainer's own bar and printer repeat every log as a dict: see progress_bar
         average_tokens_across_devices=True,
         ddp_find_unused_parameters=False,  # every weight is used by every step
         logging_first_step=False,
     )
     trainer = _SFTTrainer(model=model, args=args, train_dataset=_Plan(),
-                          data_collator=lambda items: collate(items[0], pad_id), callbacks=[_Publish()])
+                          data_collator=lambda items: collate(items[0], pad_id),
+                          callbacks=[_Publish(), *([progress_bar(cfg.max_steps)] if _is_tty() and world.is_main
+                                                    else [])])
+    _quiet_trainer(trainer)
     started = time.monotonic()
+    _no_shard_bars()
     result = trainer.train(resume_from_checkpoint=str(resume_dir) if resume_dir is not None else None)
     seconds = time.monotonic() - started
 
@@ -415,6 +419,55 @@ def _is_tty() -> bool:
     import sys
 
     return sys.stderr.isatty()
+
+
+def progress_bar(total: int) -> Any:
+    """A Trainer callback drawing one tqdm bar (steps, ETA, last loss) on stderr, nothing else."""
+    import sys
+
+    from tqdm import tqdm
+    from transformers import TrainerCallback
+
+    class _Bar(TrainerCallback):
+        bar: Any = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                self.bar = tqdm(total=total, initial=state.global_step, desc="sft", unit="step", file=sys.stderr,
+                                dynamic_ncols=True)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.update(state.global_step - self.bar.n)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if self.bar is not None and logs and "loss" in logs:
+                self.bar.set_postfix(loss=f"{float(logs['loss']):.4f}", refresh=False)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+
+    return _Bar()
+
+
+def _quiet_trainer(trainer: Any) -> None:
+    """Drop the Trainer's printer: it repeats every log as a dict (``epoch: 1`` over a planned dataset)."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    for callback in (PrinterCallback, ProgressCallback):
+        trainer.remove_callback(callback)
+
+
+def _no_shard_bars() -> None:
+    """No "Writing model shards" bar from transformers at every checkpoint and final save of this step.
+
+    Off for the rest of the process: a step runs in a process of its own (``t2s stage run``).
+    """
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
 
 STAGE = Stage(name="sft", config_cls=SFTConfig, run=run,

@@ -22,6 +22,7 @@ ppo:
 - {name: rl, kind: ppo, dependsOn: [prepare, sft, rm]}
 - {name: predict_rl, kind: predict, dependsOn: [prepare, rl]}
 - {name: evaluate_rl, kind: evaluate, dependsOn: [prepare, predict_rl]}
+- {name: export, kind: export, dependsOn: [prepare, rl, evaluate_sft, evaluate_rl]}
 grpo:
 - {name: prepare, kind: prepare, dependsOn: []}
 - {name: sft, kind: sft, dependsOn: [prepare]}
@@ -30,6 +31,7 @@ grpo:
 - {name: rl, kind: grpo, dependsOn: [prepare, sft]}
 - {name: predict_rl, kind: predict, dependsOn: [prepare, rl]}
 - {name: evaluate_rl, kind: evaluate, dependsOn: [prepare, predict_rl]}
+- {name: export, kind: export, dependsOn: [prepare, rl, evaluate_sft, evaluate_rl]}
 grpo+rm:
 - {name: prepare, kind: prepare, dependsOn: []}
 - {name: sft, kind: sft, dependsOn: [prepare]}
@@ -40,6 +42,7 @@ grpo+rm:
 - {name: rl, kind: grpo, dependsOn: [prepare, sft, rm]}
 - {name: predict_rl, kind: predict, dependsOn: [prepare, rl]}
 - {name: evaluate_rl, kind: evaluate, dependsOn: [prepare, predict_rl]}
+- {name: export, kind: export, dependsOn: [prepare, rl, evaluate_sft, evaluate_rl]}
 dpo:
 - {name: prepare, kind: prepare, dependsOn: []}
 - {name: sft, kind: sft, dependsOn: [prepare]}
@@ -49,4 +52,5 @@ dpo:
 - {name: rl, kind: dpo, dependsOn: [prepare, sft, rm_data]}
 - {name: predict_rl, kind: predict, dependsOn: [prepare, rl]}
 - {name: evaluate_rl, kind: evaluate, dependsOn: [prepare, predict_rl]}
+- {name: export, kind: export, dependsOn: [prepare, rl, evaluate_sft, evaluate_rl]}
 {{- end }}

@@ -1,4 +1,7 @@
-"""Our PPO loop for RLHF of a causal LM (TRL removed its PPOTrainer in 1.13).
+"""Our PPO loop for RLHF of a causal LM.
+
+TRL moved its PPOTrainer to ``trl.experimental.ppo`` (huggingface/trl#4482) and later deleted it (#7020),
+so the loop is ours.
 
 Layout, after InstructGPT and DeepSpeed-Chat step 3, with PEFT adapters so no network is held twice:
 
