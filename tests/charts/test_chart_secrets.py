@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.charts.render import HelmError, helm_missing, render, render_text
+from tests.charts.render import HelmError, helm_missing, render, render_text, stage_jobs
 
 SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY"
 
@@ -35,7 +35,7 @@ def test_secret_named_env_from_a_secret_and_plain_env_render() -> None:
                               "stageDefaults.env[0].valueFrom.secretKeyRef.name=hf",
                               "stageDefaults.env[0].valueFrom.secretKeyRef.key=token",
                               "stageDefaults.env[1].name=HF_HUB_OFFLINE", "stageDefaults.env[1].value=yes"])
-    jobs = [d for d in docs if d["kind"] == "Job"]
+    jobs = stage_jobs(docs)  # whole run: the Job specs live in the controller's spec ConfigMap
     assert jobs and all(any(e["name"] == "HF_TOKEN" and "valueFrom" in e
                             for e in j["spec"]["template"]["spec"]["containers"][0]["env"]) for j in jobs)
 
@@ -78,7 +78,7 @@ def test_rendered_run_config_with_small_floats_is_valid(tmp_path) -> None:
     from text2sql_core.config import load_run_config
 
     docs = render({"runConfig": {"stages": {"sft": {"learning_rate": 0.00001}}}})
-    (cm,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    (cm,) = [d for d in docs if d["kind"] == "ConfigMap" and "run.yaml" in d.get("data", {})]
     text = cm["data"]["run.yaml"]
     assert "1e-05" in text
     path = tmp_path / "run.yaml"

@@ -132,5 +132,5 @@ def test_kill_9_after_a_checkpoint_then_rerun_resumes_there(rm_run, tmp_path):  
     log = [json.loads(line) for line in
            (store_root / "runs" / cfg.run_id / "rl" / "ppo_log.jsonl").read_text().splitlines()]
     assert log[0] == {"event": "start", "resumed_from_step": published[-1],
-                      "actor_optimizer_steps": published[-1]}
+                      "optimizer_steps": published[-1]}
     assert [r["step"] for r in log[1:]] == list(range(1, 9))

@@ -327,10 +327,13 @@ def generate(model: Any, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[s
     string literals to words of the question (:mod:`text2sql_core.models.value_copy`).
     ``num_candidates`` > 1 (greedy only) runs beam search with that many beams and returns them all
     in ``candidates``. ``share_prefix`` runs the prompt prefix the rows of a batch share once per
-    batch (without beams): about 40% of a greedy pass is prefill of the schema on the demo data.
+    batch (greedy decoding: about 40% of a greedy pass is prefill of the schema on the demo data).
+    Sampling never shares the prefix: which draw a row gets depends on its place in the batch, so
+    regrouping rows by prefix would change the samples; sampled batches stay sorted by length.
     """
     if not prompts:
         return []
+    share_prefix = share_prefix and not do_sample
     batches = generation_batches(tokenizer, prompts, batch_size, by_prefix=share_prefix)
     done = _generate_batches(model, tokenizer, prompts, batches, range(len(batches)),
                              max_new_tokens=max_new_tokens, max_source_length=max_source_length,
@@ -353,7 +356,8 @@ def generate_sharded(model: Any, tokenizer: PreTrainedTokenizerBase, prompts: Se
     w = distributed.world()
     if not w.distributed:
         return generate(model, tokenizer, prompts, batch_size=batch_size, **kwargs)
-    batches = (generation_batches(tokenizer, prompts, batch_size, by_prefix=kwargs.get("share_prefix", True))
+    kwargs["share_prefix"] = kwargs.get("share_prefix", True) and not kwargs.get("do_sample", False)
+    batches = (generation_batches(tokenizer, prompts, batch_size, by_prefix=kwargs["share_prefix"])
                if prompts else [])
     mine = range(w.rank, len(batches), w.size)
     on_batch = kwargs.pop("on_batch", None)
