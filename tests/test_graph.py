@@ -64,7 +64,7 @@ def test_graphs_of_grpo_and_dpo() -> None:
 
     grpo = RunConfig.model_validate({"rl": {"algorithm": "grpo"}})
     assert step_names(steps_for(grpo)) == ["prepare", "sft", "predict_sft", "evaluate_sft", "rl", "predict_rl",
-                                           "evaluate_rl"]
+                                           "evaluate_rl", "export"]
     with_rm = RunConfig.model_validate({"rl": {"algorithm": "grpo"},
                                         "stages": {"grpo": {"rewards": [{"name": "graded_execution"},
                                                                         {"name": "rm", "weight": 0.5}]}}})

@@ -24,7 +24,7 @@ __all__ = ["COMMANDS", "build_parser", "entrypoint", "main"]
 #: command name -> (module in this package, the help line `t2s --help` shows for it)
 COMMANDS: dict[str, tuple[str, str]] = {
     "config": ("config", "validate a run config, print its JSON Schema or its defaults"),
-    "controller": ("controller", "chain a run's stage Jobs on Kubernetes"),
+    "controller": ("controller", "chain a run's stage Jobs on Kubernetes (create each when its inputs are published)"),
     "demo-data": ("demo_data", "write the demo Text-to-SQL dataset (Spider format, 4 SQLite databases)"),
     "export": ("export", "export a trained step's policy: merged HF model, LoRA adapter, model card"),
     "eval": ("eval", "Spider / BIRD / WikiSQL EX and EM of predicted SQL (official semantics)"),
@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("prepare", "turn a Spider/BIRD/CoSQL/SParC/CHASE/WikiSQL dataset into DB-GPT-Hub records"),
     "sql": ("sql", "run one read-only SQL query on a SQLite file in the evaluation sandbox"),
     "stage": ("stage", "run one step of a run (the container entrypoint)"),
+    "store": ("store", "maintain the artifact store (garbage collection)"),
     "status": ("status", "show a run's steps: state, duration and key metrics"),
     "torchrun": ("torchrun", "start a t2s command under torchrun (one process per GPU), keeping exit code 2"),
 }
