@@ -14,7 +14,15 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from .data.config import DataConfig
 from .errors import BadInput
@@ -30,6 +38,8 @@ RUN_ID_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,28}[a-z0-9])?$"
 _SECRET_KEY = re.compile(r"^(aws_)?(secret(_access)?_key|access_key(_id)?|secret|password|session_token)$",
                          re.IGNORECASE)
 _SECRET_ALLOWED = {"access_key_env", "secret_key_env"}
+#: evaluate settings of Spider's evaluator that WikiSQL's scoring has no use for
+_SPIDER_ONLY_EVALUATE = ("metric", "etype", "plug_value", "keep_distinct")
 
 
 class _StagesBase(BaseModel):
@@ -82,6 +92,20 @@ class RunConfig(BaseModel):
 
     def stage_config(self, kind: str) -> BaseModel:
         return getattr(self.stages, kind)
+
+    @model_validator(mode="after")
+    def _wikisql_is_scored_as_wikisql(self) -> RunConfig:
+        """A WikiSQL run's evaluate steps score WikiSQL's way: the Spider-only settings would be ignored."""
+        if self.data.format == "wikisql":
+            evaluate = self.stages.evaluate
+            for name in _SPIDER_ONLY_EVALUATE:
+                if getattr(evaluate, name) != type(evaluate).model_fields[name].default:
+                    raise ValueError(f"`stages.evaluate.{name}` does not apply to `data.format: wikisql` (scored "
+                                     "by execution and logical form, WikiSQL's way); remove it")
+            if self.stages.predict.execution_guided:
+                raise ValueError("`stages.predict.execution_guided` runs candidates on one SQLite file per "
+                                 "database, which `data.format: wikisql` does not have; set it to 0")
+        return self
 
 
 def _find_secrets(node: Any, path: str = "") -> list[str]:

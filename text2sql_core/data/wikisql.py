@@ -17,10 +17,12 @@ either naming. Columns with duplicate header names: the first one gets the name.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import sqlite3
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,7 @@ __all__ = [
     "read_questions",
     "read_tables",
     "result_key",
+    "tables_jsonl",
     "target_sql",
     "to_example",
     "to_schema",
@@ -127,6 +130,12 @@ def read_tables(path: Path) -> dict[str, WikiTable]:
     if not tables:
         raise BadInput("tables file holds no tables", uri=str(path))
     return tables
+
+
+def tables_jsonl(tables: Iterable[WikiTable]) -> str:
+    """A tables file :func:`read_tables` reads back (``id``, ``header``, ``types``; the rows live in the database)."""
+    return "".join(json.dumps({"id": t.id, "header": list(t.header), "types": list(t.types)}, ensure_ascii=False)
+                   + "\n" for t in tables)
 
 
 def _index(value: Any, size: int, what: str, where: dict[str, Any], name: str) -> int:

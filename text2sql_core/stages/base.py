@@ -51,6 +51,11 @@ __all__ = [
 ]
 
 
+#: the stage kinds a WikiSQL run (``data.format: wikisql``) can run: the RL kinds and ``rm_data`` score SQL
+#: on ``database/<db_id>/<db_id>.sqlite``, which WikiSQL's one file per split does not give
+WIKISQL_KINDS = ("prepare", "sft", "predict", "evaluate")
+
+
 @dataclass(frozen=True)
 class Stage:
     """A stage kind: a name, its config model and ``run(ctx) -> metrics``."""
@@ -258,6 +263,11 @@ def run_step(run_config: RunConfig, step_name: str, *, force: bool = False, base
     stage = stages.get(step.kind)
     if stage is None:
         raise BadInput(f"no stage kind {step.kind!r} is registered", stage=step.name)
+    if run_config.data.format == "wikisql" and step.kind not in WIKISQL_KINDS:
+        raise BadInput(f"step {step.name!r} ({step.kind}) does not run on WikiSQL data: its execution rewards read "
+                       "one SQLite file per database (Spider's layout); a WikiSQL run trains and evaluates "
+                       f"{', '.join(WIKISQL_KINDS)} (e.g. `t2s pipeline run --until evaluate_sft`)",
+                       field="data.format", stage=step.name)
     cfg = run_config.stage_config(step.kind)
     world = distributed.init()
     bind_context(run=run_config.run_id, stage=step.name, **({"rank": world.rank} if world.distributed else {}))

@@ -4,6 +4,13 @@ Reads the ``prepare`` step (``dev_gold.sql``, ``tables.json``, ``database/``) an
 named in the step's inputs (``predictions.jsonl``, else ``predictions.sql``). Publishes
 ``per_example.tsv``, ``summary.json``, ``report.md`` and ``scores.png`` (see ``evaluation/report.py``)
 and returns ``{ex, em, ex_<level>, em_<level>, n}`` as the step's metrics.
+
+A WikiSQL run (``data.format: wikisql``) is scored with WikiSQL's semantics instead
+(``evaluation/wikisql.py``) on the dev split the prepare step kept in its ``wikisql/`` folder: ``ex``
+by execution, ``em`` WikiSQL's logical-form accuracy. WikiSQL has no hardness levels (every query is
+one table, one column, conditions joined by AND), so there are no ``ex_<level>``/``em_<level>``, and
+no chart; the Spider-only settings (``metric``, ``etype``, ``plug_value``, ``keep_distinct``) are
+refused by the run config.
 """
 
 from __future__ import annotations
@@ -51,6 +58,34 @@ def _predictions_file(folder: Path, step: str) -> Path:
                    uri=str(folder))
 
 
+def _run_wikisql(ctx: StageContext, prepared: Path, predictions_path: Path) -> dict[str, Any]:
+    from ..data.wikisql import read_questions, read_tables
+    from ..evaluation.inputs import load_predictions
+    from ..evaluation.wikisql import evaluate_wikisql, write_wikisql_outputs
+    from .prepare import WIKISQL_DIR
+
+    cfg: EvaluateConfig = ctx.config
+    folder = prepared / WIKISQL_DIR
+    if not (folder / "dev.jsonl").is_file():
+        raise BadInput(f"the prepare step published no {WIKISQL_DIR}/dev.jsonl: it did not prepare WikiSQL data; "
+                       "rerun it with `data.format: wikisql`", stage=ctx.step.name, uri=str(folder))
+    tables = read_tables(folder / "dev.tables.jsonl")
+    questions = read_questions(folder / "dev.jsonl", tables)
+    predictions = load_predictions(predictions_path, expected=len(questions))
+    for i, (q, p) in enumerate(zip(questions, predictions, strict=True)):
+        if p.db_id is not None and p.db_id != q.table_id:
+            raise BadInput(f"prediction {i} was made for table {p.db_id!r}, but dev question {i} asks about "
+                           f"table {q.table_id!r}: the predictions are not aligned with the prepared dev split",
+                           uri=str(predictions_path), record=i, field="db_id")
+    result = evaluate_wikisql(questions, tables, [p.sql for p in predictions], db_path=folder / "dev.db",
+                              gold_path=folder / "dev.jsonl", timeout_s=cfg.timeout_s, row_cap=cfg.row_cap,
+                              workers=cfg.workers)
+    write_wikisql_outputs(result, ctx.output_dir)
+    metrics = result.summary()
+    ctx.log.info("evaluation done", **metrics)
+    return metrics
+
+
 def run(ctx: StageContext) -> dict[str, Any]:
     from ..evaluation.api import evaluate
     from ..evaluation.inputs import load_gold, load_predictions
@@ -64,6 +99,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
                        f"{list(ctx.step.inputs)}", stage=ctx.step.name)
     prepared = ctx.input(prepare_name)
     predicted = ctx.input(predict_names[0])
+    if ctx.run_config.data.format == "wikisql":
+        return _run_wikisql(ctx, prepared, _predictions_file(predicted, predict_names[0]))
     gold = load_gold(prepared / "dev_gold.sql")
     predictions = load_predictions(_predictions_file(predicted, predict_names[0]), expected=len(gold))
     result = evaluate(
@@ -77,4 +114,5 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
 
 STAGE = Stage(name="evaluate", config_cls=EvaluateConfig, run=run,
-              description="Spider EX / EM (official semantics) of a predict step's SQL.")
+              description="Spider EX / EM (official semantics) of a predict step's SQL; WikiSQL's "
+                          "with data.format wikisql.")

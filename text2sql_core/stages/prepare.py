@@ -11,11 +11,17 @@ Published files (rows of the same split are aligned line by line):
 
 Dataset paths are local paths or ``store://<key>`` URIs in the run's artifact store; a database
 directory given as a URI is fetched one used database at a time, never as a whole tree.
+
+WikiSQL (``data.format: wikisql``) has one SQLite file per split instead of a folder per database:
+the files above are written the same way (``tables.json`` holds one schema per WikiSQL table, with
+its real header names), no ``database/``, and ``wikisql/dev.jsonl``, ``wikisql/dev.tables.jsonl``,
+``wikisql/dev.db`` (the dev questions kept, their tables, the dev database) for the evaluate step.
 """
 
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +40,11 @@ from ..data.formats import read_examples, read_tables
 from ..errors import BadInput
 from .base import Stage, StageConfigBase, StageContext
 
-__all__ = ["STAGE", "STORE_SCHEME", "PrepareConfig", "run"]
+__all__ = ["STAGE", "STORE_SCHEME", "WIKISQL_DIR", "PrepareConfig", "run"]
 
 STORE_SCHEME = "store://"
+#: where a WikiSQL run's prepare step keeps the dev split in WikiSQL's own files (for the evaluate step)
+WIKISQL_DIR = "wikisql"
 
 
 class PrepareConfig(StageConfigBase):
@@ -93,8 +101,70 @@ def _split(ctx: StageContext, name: str, schemas: dict, tables_uri: str, databas
                          databases=databases, sample_values=ctx.config.sample_values)
 
 
+@dataclass(frozen=True)
+class _WikiSplit:
+    prepared: PreparedSplit
+    questions: list[Any]
+    #: table id -> WikiTable, the tables the kept questions use
+    tables: dict[str, Any]
+    db_path: Path
+
+
+def _wikisql_split(ctx: StageContext, name: str, tables_field: str, db_field: str,
+                   limit: int | None) -> _WikiSplit:
+    """One WikiSQL split: its questions checked against its tables file and its SQLite file."""
+    from ..data import wikisql
+
+    data = ctx.run_config.data
+    uri, tables_uri, db_uri = (getattr(data, f) for f in (name, tables_field, db_field))
+    tables = wikisql.read_tables(_local_file(ctx, tables_uri, f"data.{tables_field}"))
+    questions = wikisql.read_questions(_local_file(ctx, uri, f"data.{name}"), tables)[:limit]
+    db_path = _local_file(ctx, db_uri, f"data.{db_field}")
+    if not db_path.is_file():
+        raise BadInput("WikiSQL database file not found", uri=db_uri, field=f"data.{db_field}", stage=ctx.step.name)
+    used = {q.table_id: tables[q.table_id] for q in questions}
+    wikisql.check_database(db_path, tables, set(used))
+    examples = [wikisql.to_example(q, used[q.table_id]) for q in questions]
+    prepared = prepare_split(examples, {t: wikisql.to_schema(table) for t, table in used.items()},
+                             fmt="wikisql", dataset=uri, tables_path=tables_uri)
+    return _WikiSplit(prepared, questions, used, db_path)
+
+
+def _run_wikisql(ctx: StageContext) -> dict[str, Any]:
+    """WikiSQL's three files per split into the same published files, plus the dev split as WikiSQL has it."""
+    from ..data.wikisql import tables_jsonl, to_schema
+
+    data = ctx.run_config.data
+    out = ctx.output_dir
+    if ctx.config.sample_values:
+        raise BadInput("sample values are not shown for WikiSQL: its tables live in one file, not one database "
+                       "each", field="stages.prepare.sample_values", stage=ctx.step.name)
+    train = _wikisql_split(ctx, "train", "train_tables" if data.train_tables else "tables",
+                           "train_db_file" if data.train_db_file else "db_file", data.max_train)
+    dev = _wikisql_split(ctx, "dev", "tables", "db_file", data.max_dev)
+    ctx.log.info("dataset read", train=len(train.questions), dev=len(dev.questions), format=data.format)
+    used = {**train.tables, **dev.tables}
+    files: dict[Path, str] = {
+        out / "tables.json": json_text([to_schema(t).entry for t in used.values()]),
+        out / "dev.json": json_text(dev.prepared.items),
+        out / "dev_gold.sql": "".join(gold_sql_line(e.query, e.db_id) for e in dev.prepared.examples),
+        out / WIKISQL_DIR / "dev.jsonl": jsonl_text(q.item for q in dev.questions),
+        out / WIKISQL_DIR / "dev.tables.jsonl": tables_jsonl(dev.tables.values()),
+    }
+    for name, split in (("train", train.prepared), ("dev", dev.prepared)):
+        files[out / f"{name}.jsonl"] = jsonl_text(split.records)
+        files[out / f"{name}_flat.jsonl"] = jsonl_text(split.flats)
+        files[out / f"{name}_meta.jsonl"] = jsonl_text(split.metas)
+    write_files_atomically(files)
+    shutil.copyfile(dev.db_path, out / WIKISQL_DIR / "dev.db")
+    return {"format": data.format, "train_examples": len(train.questions), "dev_examples": len(dev.questions),
+            "train_databases": len(train.tables), "dev_databases": len(dev.tables), "databases": len(used)}
+
+
 def run(ctx: StageContext) -> dict[str, Any]:
     data = ctx.run_config.data
+    if data.format == "wikisql":
+        return _run_wikisql(ctx)
     out = ctx.output_dir
     schemas = read_tables(_local_file(ctx, data.tables, "data.tables"))
     train_schemas = (read_tables(_local_file(ctx, data.train_tables, "data.train_tables"))
