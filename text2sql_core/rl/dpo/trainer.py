@@ -25,12 +25,12 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..adapter_trainer import AdapterTrainer
 from ..losses import dpo_loss, masked_mean, sequence_logprobs
 from ..packing import PackedGroup, pack_rows, response_logprobs
 from ..rollout import prompt_batch
@@ -55,27 +55,20 @@ class EncodedPairs:
         return len(self.pairs)
 
 
-class DPOTrainer:
+class DPOTrainer(AdapterTrainer):
     """DPO updates of a LoRA policy whose reference is the same network with the adapter disabled."""
+
+    state_key = "adapter"
+    what = "DPO adapter"
 
     def __init__(self, policy, tokenizer, train_pairs: Sequence[dict[str, Any]], config: DPOConfig, *,
                  eval_pairs: Sequence[dict[str, Any]] = (), judge=None, seed: int = 0) -> None:
         if not train_pairs:
             raise ValueError("DPO needs at least one training pair")
-        self.policy = policy
-        self.tokenizer = tokenizer
+        super().__init__(policy, tokenizer, config, seed=seed)
         self.train_pairs = list(train_pairs)
         self.eval_pairs = list(eval_pairs)
-        self.cfg = config
         self.judge = judge
-        self.seed = seed
-        self.global_step = 0
-        self.params = [p for p in policy.parameters() if p.requires_grad]
-        if not self.params:
-            raise ValueError("the policy needs trainable (adapter) parameters")
-        self.optimizer = torch.optim.AdamW(self.params, lr=config.learning_rate, weight_decay=config.weight_decay)
-        self.device = next(policy.parameters()).device
-        self.history: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ pairs
 
@@ -209,39 +202,3 @@ class DPOTrainer:
         verdicts = self.judge.verdicts([(e.db_id, e.query, g.sql) for e, g in zip(examples, generations,
                                                                                    strict=True)])
         return {"execution_accuracy": float(np.mean([v is Verdict.MATCH for v in verdicts]))}
-
-    # ------------------------------------------------------------------ checkpoints
-
-    def publish_actor(self, directory: Path) -> None:
-        """Save the DPO adapter (PEFT format); the SFT base is not copied."""
-        self.policy.save_pretrained(str(directory))
-
-    def state_dict(self) -> dict[str, Any]:
-        from ...models.checkpoint import trainable_state
-
-        return {"global_step": self.global_step, "adapter": trainable_state(self.policy),
-                "optimizer": self.optimizer.state_dict(), "history": self.history}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        from ...models.checkpoint import load_trainable_state
-
-        load_trainable_state(self.policy, state["adapter"], what="DPO adapter")
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.history = list(state["history"])
-        self.global_step = int(state["global_step"])
-
-    def save(self, directory: Path) -> Path:
-        """Write the full training state (adapter, optimizer, step, history, RNGs) to ``directory`` atomically."""
-        from ...models.checkpoint import save_training_state
-
-        return save_training_state(directory, self.state_dict(), step=self.global_step)
-
-    def load(self, directory: Path) -> None:
-        from ...models.checkpoint import load_training_state
-
-        self.load_state_dict(load_training_state(directory))
-
-    def optimizer_steps(self) -> int:
-        """How many Adam steps the optimizer has taken (its restored state proves a real resume)."""
-        states = [s for s in self.optimizer.state.values() if "step" in s]
-        return int(states[0]["step"]) if states else 0

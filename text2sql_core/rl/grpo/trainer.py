@@ -29,19 +29,13 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from ...models.checkpoint import (
-    load_trainable_state,
-    load_training_state,
-    save_training_state,
-    trainable_state,
-)
 from ...models.generation import encode_prompts
+from ..adapter_trainer import AdapterTrainer
 from ..losses import group_advantages, grpo_loss
 from ..packing import PackedGroup, pack_rows, response_logprobs
 from ..rewards import ExecutionJudge, RewardFunctions, Verdict
@@ -75,32 +69,25 @@ class GRPOBatch:
     stats: dict[str, float] = field(default_factory=dict)
 
 
-class GRPOTrainer:
+class GRPOTrainer(AdapterTrainer):
     """GRPO updates of a policy's LoRA adapter from groups of sampled, executed completions."""
+
+    state_key = "policy"
+    what = "policy"
 
     def __init__(self, policy, tokenizer, examples: Sequence[PromptExample], config: GRPOConfig, *,
                  judge: ExecutionJudge | None, rm_scorer: RMScorer | None = None, seed: int = 0,
                  on_log: Callable[[dict[str, Any]], None] | None = None) -> None:
         if not examples:
             raise ValueError("GRPO needs at least one training prompt")
-        self.policy = policy
-        self.tokenizer = tokenizer
+        super().__init__(policy, tokenizer, config, seed=seed)
         self.examples = list(examples)
-        self.cfg = config
         self.judge = judge
         self.rewards = RewardFunctions(config.rewards, judge)
         if self.rewards.needs_rm and rm_scorer is None:
             raise ValueError("an `rm` reward term needs the reward model's scorer")
         self.rm_scorer = rm_scorer
-        self.seed = seed
         self.on_log = on_log
-        self.global_step = 0
-        self.params = [p for p in policy.parameters() if p.requires_grad]
-        if not self.params:
-            raise ValueError("the policy needs trainable (adapter) parameters")
-        self.optimizer = torch.optim.AdamW(self.params, lr=config.learning_rate, weight_decay=config.weight_decay)
-        self.device = next(policy.parameters()).device
-        self.history: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ prompts
 
@@ -253,28 +240,3 @@ class GRPOTrainer:
         if "exec_match" in stats:
             out["execution_accuracy"] = stats["exec_match"]
         return out
-
-    def publish_actor(self, directory: Path) -> None:
-        """Save the policy's adapter (PEFT format); the SFT base is not copied."""
-        self.policy.save_pretrained(str(directory))
-
-    # ------------------------------------------------------------------ checkpoints
-
-    def save(self, directory: Path) -> Path:
-        """The full training state (adapter, optimizer, step, history, RNGs), written atomically."""
-        return save_training_state(directory, {"global_step": self.global_step,
-                                               "policy": trainable_state(self.policy),
-                                               "optimizer": self.optimizer.state_dict(),
-                                               "history": self.history}, step=self.global_step)
-
-    def load(self, directory: Path) -> None:
-        state = load_training_state(directory)
-        load_trainable_state(self.policy, state["policy"], what="policy")
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.history = list(state["history"])
-        self.global_step = int(state["global_step"])
-
-    def optimizer_steps(self) -> int:
-        """Adam steps taken so far (a restored count proves a real resume)."""
-        states = [s for s in self.optimizer.state.values() if "step" in s]
-        return int(states[0]["step"]) if states else 0
