@@ -20,7 +20,7 @@ from typing import Any
 from ..errors import BadInput
 from ..rl.dpo.config import DPOConfig
 from .base import Stage, StageContext
-from .rl_loop import open_rl_inputs, require_one_process, run_rl_training
+from .rl_loop import open_rl_inputs, run_rl_training
 
 __all__ = ["STAGE", "DPOConfig", "run"]
 
@@ -29,8 +29,6 @@ CURVES = ("loss", "margin", "accuracy", "rewards_chosen", "rewards_rejected", "e
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    require_one_process("dpo")
-
     from ..rl.dpo.trainer import DPOTrainer
     from ..rl.rewards import ExecutionJudge
     from ..sql.sandbox import SandboxPool

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..rl.grpo.config import GRPOConfig
 from .base import Stage, StageContext
-from .rl_loop import open_rl_inputs, require_one_process, run_rl_training
+from .rl_loop import open_rl_inputs, run_rl_training
 
 __all__ = ["STAGE", "GRPOConfig", "run"]
 
@@ -28,8 +28,6 @@ CURVES = ("reward", "exec_match", "frac_reward_zero_std", "reward_std", "clip_hi
 
 def run(ctx: StageContext) -> dict[str, Any]:
     import torch
-
-    require_one_process("grpo")
 
     from ..rl.grpo.trainer import GRPOTrainer
     from ..rl.reward_model import load_reward_model, score_texts

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from .base import StageContext
 
-__all__ = ["RLInputs", "RLTrainer", "open_rl_inputs", "plot_curves", "require_one_process", "run_rl_training"]
+__all__ = ["RLInputs", "RLTrainer", "open_rl_inputs", "plot_curves", "run_rl_training"]
 
 
 class RLTrainer(Protocol):
@@ -88,17 +88,6 @@ def open_rl_inputs(ctx: StageContext, cfg: Any, *, algorithm: str, train_prompts
     policy = add_lora(policy, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=0.0,
                       target_modules=cfg.lora_target_modules, task="CAUSAL_LM").eval()
     return RLInputs(prepared, examples, eval_train, eval_dev, sft_ref, policy, tokenizer, loaded)
-
-
-def require_one_process(kind: str) -> None:
-    """Refuse a torchrun launch for a trainer that is not data-parallel: N GPUs would repeat one GPU's work."""
-    from ..distributed import world
-    from ..errors import BadInput
-
-    size = world().size
-    if size > 1:
-        raise BadInput(f"{kind} is not data-parallel yet and runs on one process; this launch has {size} ranks: "
-                       "set gpus: 1 and nodes: 1 for the rl step (or use rl.algorithm: ppo)", field="rl.algorithm")
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path, keys: Sequence[str], *, title: str) -> None:
