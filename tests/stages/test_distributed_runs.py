@@ -309,7 +309,11 @@ RANKS_REL = 1e-4
 
 def _with_algorithm(cfg: RunConfig, algorithm: str, settings: dict[str, Any]) -> RunConfig:
     doc = cfg.model_dump(mode="json")
+    from text2sql_core.registry import RL_KINDS
+
     doc["rl"] = {**doc.get("rl", {}), "algorithm": algorithm}
+    for kind in RL_KINDS:  # a dump carries every kind's defaults; a file naming another RL kind is refused
+        doc["stages"].pop(kind, None)
     doc["stages"][algorithm] = settings
     return RunConfig.model_validate(doc)
 
