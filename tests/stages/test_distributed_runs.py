@@ -331,10 +331,12 @@ def _rl_log(store: Path, run_id: str, step: str, kind: str) -> list[dict[str, An
 
 
 def _two_ranks(config: Path, step: str) -> tuple[subprocess.CompletedProcess, str]:
-    r = subprocess.run([*T2S, "torchrun", "--standalone", "--nproc-per-node=2", "--", "stage", "run", step,
-                        "--config", str(config)], capture_output=True, text=True, env=_env(), timeout=600,
-                       check=False)
-    return r, r.stdout + r.stderr
+    """``t2s torchrun`` of one step on 2 ranks; its output, one log file per rank (lines never interleave)."""
+    log_dir = config.parent / f"logs-{step}"
+    r = subprocess.run([*T2S, "torchrun", "--standalone", "--nproc-per-node=2", f"--log-dir={log_dir}",
+                        "--redirects=3", "--", "stage", "run", step, "--config", str(config)], capture_output=True,
+                       text=True, env=_env(), timeout=600, check=False)
+    return r, "\n".join([r.stdout, r.stderr, *(f.read_text() for f in sorted(log_dir.rglob("*.log")))])
 
 
 def _assert_rl_ranks_match(one: list[dict[str, Any]], two: list[dict[str, Any]], keys: tuple[str, ...],
