@@ -296,7 +296,7 @@ def test_bad_input_on_rank_1_only_exits_2_within_the_collective_timeout(one_rank
 #: batch-scaled rewards (a global std), DAPO's token-level loss (a global token count), a KL term, chunked passes
 GRPO_RANKS = {"max_steps": 2, "batch_size": 4, "num_generations": 4, "mini_batch_size": 4, "max_new_tokens": 24,
               "train_prompts": 16, "scale_rewards": "batch", "loss_type": "dapo", "beta": 0.04,
-              "learning_rate": 1e-2, "eval_train_prompts": 2, "eval_dev_prompts": 0, "eval_batch_size": 2,
+              "learning_rate": 1e-2, "eval_train_prompts": 4, "eval_dev_prompts": 0, "eval_batch_size": 2,
               "save_steps": 1, "logging_steps": 1, "num_threads": 1}
 #: DPO: 2 steps of 4 pairs (2 per rank), the NLL term on (its normaliser: the global batch's chosen tokens)
 DPO_RANKS = {"max_steps": 2, "batch_size": 4, "eval_pairs": 4, "eval_steps": 1, "rpo_alpha": 1.0,
@@ -371,6 +371,10 @@ def test_grpo_on_two_ranks_takes_the_one_rank_steps(sft_undertrained, tmp_path: 
                                   "policy_loss", "kl", "entropy", "clip_low", "clip_high", "exec_match"), steps=2)
     assert a[0]["frac_reward_zero_std"] < 1.0  # some group had something to learn from
     assert a[0]["policy_loss"] != 0.0 and a[1]["kl"] > 0.0
+    # the greedy evaluations before and after (generation batches shared by the ranks) are the 1-rank ones
+    evals = [json.loads((tmp_path / n / "store" / "runs" / "dist" / step / "eval.json").read_text())
+             for n in ("one", "two")]
+    assert evals[1] == evals[0] and "execution_accuracy" in evals[0]["before"]["train"]
     _assert_published_once(out, step, checkpoints=[1])
 
 

@@ -203,15 +203,18 @@ class DPOTrainer(AdapterTrainer):
 
     @torch.no_grad()
     def evaluate(self, examples: Sequence[Any], batch_size: int = 32) -> dict[str, float]:
-        """Greedy answers for ``examples`` (``prompt``, ``db_id``, ``query``), generated as predict does: EX."""
-        from ...models.generation import generate
+        """Greedy answers for ``examples`` (``prompt``, ``db_id``, ``query``), generated as predict does: EX.
+
+        Under torchrun the ranks share the generation batches and every rank gets all the answers.
+        """
+        from ...models.generation import generate_sharded
         from ..rewards import Verdict
 
         if self.judge is None:
             raise ValueError("EX evaluation needs an ExecutionJudge")
-        generations = generate(self.policy, self.tokenizer, [e.prompt for e in examples], batch_size=batch_size,
-                               max_new_tokens=self.cfg.max_new_tokens, max_source_length=self.cfg.max_source_length,
-                               copy_values=self.cfg.copy_values)
+        generations = generate_sharded(self.policy, self.tokenizer, [e.prompt for e in examples],
+                                       batch_size=batch_size, everywhere=True, max_new_tokens=self.cfg.max_new_tokens,
+                                       max_source_length=self.cfg.max_source_length, copy_values=self.cfg.copy_values)
         verdicts = self.judge.verdicts([(e.db_id, e.query, g.sql) for e, g in zip(examples, generations,
                                                                                    strict=True)])
         return {"execution_accuracy": float(np.mean([v is Verdict.MATCH for v in verdicts]))}

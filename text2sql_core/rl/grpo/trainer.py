@@ -262,12 +262,16 @@ class GRPOTrainer(AdapterTrainer):
 
     @torch.no_grad()
     def evaluate(self, examples: Sequence[PromptExample], batch_size: int = 32) -> dict[str, float]:
-        """Greedy answers for ``examples``, generated as ``predict`` does: mean reward and execution accuracy."""
-        from ...models.generation import generate as generate_sql
+        """Greedy answers for ``examples``, generated as ``predict`` does: mean reward and execution accuracy.
 
-        generations = generate_sql(self.policy, self.tokenizer, [e.prompt for e in examples], batch_size=batch_size,
-                                   max_new_tokens=self.cfg.max_new_tokens,
-                                   max_source_length=self.cfg.max_source_length, copy_values=self.cfg.copy_values)
+        Under torchrun the ranks share the generation batches and every rank gets all the answers
+        (the one-process answers, byte for byte), so each scores the same and reports the same.
+        """
+        from ...models.generation import generate_sharded
+
+        generations = generate_sharded(self.policy, self.tokenizer, [e.prompt for e in examples],
+                                       batch_size=batch_size, everywhere=True, max_new_tokens=self.cfg.max_new_tokens,
+                                       max_source_length=self.cfg.max_source_length, copy_values=self.cfg.copy_values)
         rewards, stats = self.score(examples, [g.sql for g in generations])
         out = {"reward": float(rewards.mean()), **{k: v for k, v in stats.items() if k.startswith("reward_")}}
         if "exec_match" not in stats and self.judge is not None:  # an rm-only reward: EX is still the measure
