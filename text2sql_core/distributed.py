@@ -266,9 +266,10 @@ def all_reduce_sum(values: dict[str, float]) -> dict[str, float]:
         return dict(values)
     import torch
 
-    keys = sorted(values)
+    keys = sorted(values)  # the same order on every rank
     t = _reduce_tensor(torch.tensor([float(values[k]) for k in keys], dtype=torch.float64), "sum")
-    return {k: float(v) for k, v in zip(keys, t.tolist(), strict=True)}
+    summed = dict(zip(keys, t.tolist(), strict=True))
+    return {k: float(summed[k]) for k in values}  # in the caller's order, as in one process
 
 
 def all_reduce_mean(values: dict[str, float], weight: float = 1.0) -> dict[str, float]:
@@ -282,7 +283,7 @@ def all_reduce_mean(values: dict[str, float], weight: float = 1.0) -> dict[str, 
     keys = sorted(values)
     summed = all_reduce_sum({**{k: float(values[k]) * weight for k in keys}, "\0weight": weight})
     total = summed.pop("\0weight")
-    return {k: (summed[k] / total if total else 0.0) for k in keys}
+    return {k: (summed[k] / total if total else 0.0) for k in values}
 
 
 def all_reduce_gradients(params: Iterable[torch.nn.Parameter]) -> None:

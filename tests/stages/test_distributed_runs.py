@@ -288,3 +288,113 @@ def test_bad_input_on_rank_1_only_exits_2_within_the_collective_timeout(one_rank
     assert "has not published" in outs[1]
     assert nodes[0].returncode == 1, outs[0][-3000:]  # its peer is gone: a retryable failure, not a hang
     assert not (good / "runs" / "dist" / SFT / "_manifest.json").exists()
+
+
+# ---------------------------------------------------------------------------- grpo and dpo on 2 ranks
+
+#: GRPO at the least budget that shows the rules: 2 steps of 4 prompts x 4 completions (2 prompts per rank),
+#: batch-scaled rewards (a global std), DAPO's token-level loss (a global token count), a KL term, chunked passes
+GRPO_RANKS = {"max_steps": 2, "batch_size": 4, "num_generations": 4, "mini_batch_size": 4, "max_new_tokens": 24,
+              "train_prompts": 16, "scale_rewards": "batch", "loss_type": "dapo", "beta": 0.04,
+              "learning_rate": 1e-2, "eval_train_prompts": 4, "eval_dev_prompts": 0, "eval_batch_size": 2,
+              "save_steps": 1, "logging_steps": 1, "num_threads": 1}
+#: DPO: 2 steps of 4 pairs (2 per rank), the NLL term on (its normaliser: the global batch's chosen tokens)
+DPO_RANKS = {"max_steps": 2, "batch_size": 4, "eval_pairs": 4, "eval_steps": 1, "rpo_alpha": 1.0,
+             "learning_rate": 1e-2, "max_new_tokens": 16, "eval_train_prompts": 0, "eval_dev_prompts": 0,
+             "save_steps": 1, "logging_steps": 1, "num_threads": 1}
+#: the logged values of a 2-rank step against the 1-rank step: the same samples and pairs, so they differ by
+#: float error only (sums taken in another order, gradients averaged over the ranks)
+RANKS_REL = 1e-4
+
+
+def _with_algorithm(cfg: RunConfig, algorithm: str, settings: dict[str, Any]) -> RunConfig:
+    doc = cfg.model_dump(mode="json")
+    from text2sql_core.registry import RL_KINDS
+
+    doc["rl"] = {**doc.get("rl", {}), "algorithm": algorithm}
+    for kind in RL_KINDS:  # a dump carries every kind's defaults; a file naming another RL kind is refused
+        doc["stages"].pop(kind, None)
+    doc["stages"][algorithm] = settings
+    return RunConfig.model_validate(doc)
+
+
+def _rl_step(cfg: RunConfig) -> str:
+    from text2sql_core.graph import steps_for
+    from text2sql_core.registry import RL_KINDS
+
+    return next(s.name for s in steps_for(cfg) if s.kind in RL_KINDS)
+
+
+def _rl_log(store: Path, run_id: str, step: str, kind: str) -> list[dict[str, Any]]:
+    lines = (store / "runs" / run_id / step / f"{kind}_log.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if "step" in r]
+
+
+def _two_ranks(config: Path, step: str) -> tuple[subprocess.CompletedProcess, str]:
+    """``t2s torchrun`` of one step on 2 ranks; its output, one log file per rank (lines never interleave)."""
+    log_dir = config.parent / f"logs-{step}"
+    r = subprocess.run([*T2S, "torchrun", "--standalone", "--nproc-per-node=2", f"--log-dir={log_dir}",
+                        "--redirects=3", "--", "stage", "run", step, "--config", str(config)], capture_output=True,
+                       text=True, env=_env(), timeout=600, check=False)
+    return r, "\n".join([r.stdout, r.stderr, *(f.read_text() for f in sorted(log_dir.rglob("*.log")))])
+
+
+def _assert_rl_ranks_match(one: list[dict[str, Any]], two: list[dict[str, Any]], keys: tuple[str, ...],
+                           steps: int) -> None:
+    assert [r["step"] for r in one] == [r["step"] for r in two] == list(range(1, steps + 1))
+    for a, b in zip(one, two, strict=True):
+        for key in keys:
+            assert b[key] == pytest.approx(a[key], rel=RANKS_REL, abs=1e-6), (key, a, b)
+
+
+def _assert_published_once(out: str, step: str, checkpoints: list[int]) -> None:
+    published = _events(out, "step published")
+    assert [(e["stage"], e.get("rank")) for e in published] == [(step, 0)], published
+    assert sorted(e["checkpoint_step"] for e in _events(out, "checkpoint published")) == checkpoints
+    assert {e.get("rank") for e in _events(out, "progress")} <= {0}  # rank 0 alone reports the global values
+    assert sorted(e["rank"] for e in _events(out, "step started")) == [0, 1]
+
+
+def test_grpo_on_two_ranks_takes_the_one_rank_steps(sft_undertrained, tmp_path: Path) -> None:
+    one = _with_algorithm(sft_undertrained.clone(tmp_path / "one", run_id="dist"), "grpo", GRPO_RANKS)
+    two = _with_algorithm(sft_undertrained.clone(tmp_path / "two", run_id="dist"), "grpo", GRPO_RANKS)
+    step = _rl_step(one)
+    run_step(one, step)
+    r, out = _two_ranks(_write(two, tmp_path / "two.yaml"), step)
+    assert r.returncode == 0, out[-4000:]
+
+    a = _rl_log(tmp_path / "one" / "store", "dist", step, "grpo")
+    b = _rl_log(tmp_path / "two" / "store", "dist", step, "grpo")
+    # per-row seeded sampling: each completion is the one a single process samples, so rewards, losses, KL,
+    # entropies and clip shares are the 1-rank values (step 2 after an update from all-reduced gradients)
+    _assert_rl_ranks_match(a, b, ("reward", "reward_std", "frac_reward_zero_std", "completion_length",
+                                  "policy_loss", "kl", "entropy", "clip_low", "clip_high", "exec_match"), steps=2)
+    assert a[0]["frac_reward_zero_std"] < 1.0  # some group had something to learn from
+    assert a[0]["policy_loss"] != 0.0 and a[1]["kl"] > 0.0
+    # the greedy evaluations before and after (generation batches shared by the ranks) are the 1-rank ones
+    evals = [json.loads((tmp_path / n / "store" / "runs" / "dist" / step / "eval.json").read_text())
+             for n in ("one", "two")]
+    assert evals[1] == evals[0] and "execution_accuracy" in evals[0]["before"]["train"]
+    _assert_published_once(out, step, checkpoints=[1])
+
+
+def test_dpo_on_two_ranks_takes_the_one_rank_steps(one_rank: Path, demo_data_dir: Path, tmp_path: Path) -> None:
+    configs = {}
+    for name in ("one", "two"):
+        _copy_steps(one_rank, tmp_path / name / "store", "prepare", SFT, RM_DATA)
+        configs[name] = _with_algorithm(_config(tmp_path / name, demo_data_dir), "dpo", DPO_RANKS)
+    pairs = (one_rank / "runs" / "dist" / RM_DATA / "train_pairs.jsonl").read_text().splitlines()
+    assert len(pairs) >= 8  # two steps of 4 distinct pairs
+    step = _rl_step(configs["one"])
+    run_step(configs["one"], step)
+    r, out = _two_ranks(_write(configs["two"], tmp_path / "two.yaml"), step)
+    assert r.returncode == 0, out[-4000:]
+
+    a = _rl_log(tmp_path / "one" / "store", "dist", step, "dpo")
+    b = _rl_log(tmp_path / "two" / "store", "dist", step, "dpo")
+    # step 1 starts at the reference (loss log 2, margin 0); step 2 follows one update of all-reduced gradients
+    _assert_rl_ranks_match(a, b, ("loss", "dpo_loss", "nll_chosen", "margin", "accuracy", "rewards_chosen",
+                                  "rewards_rejected", "logp_chosen", "logp_rejected", "grad_norm",
+                                  "eval_accuracy", "eval_margin"), steps=2)
+    assert a[1]["margin"] != 0.0
+    _assert_published_once(out, step, checkpoints=[1])

@@ -232,14 +232,15 @@ GRPOLossType = Literal["grpo", "dr_grpo", "dapo"]
 
 
 def group_advantages(rewards: torch.Tensor, num_generations: int, scale: RewardScaling = "group",
-                     eps: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
+                     eps: float = 1e-4, batch_std: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``A_i = (r_i - mean(group)) / scale``: one advantage per completion, and which groups had zero variance.
 
     ``scale`` is the group's standard deviation (DeepSeekMath), the whole batch's (``batch``, TRL's
     ``scale_rewards="batch"``), or 1 (``none``: Dr. GRPO, which argues the division biases the update
     towards too-easy and too-hard prompts). Standard deviations are Bessel-corrected (``torch.std``),
     ``eps`` is added to them. A zero-variance group's completions all get advantage exactly 0: the
-    group teaches nothing, which is what ``frac_reward_zero_std`` counts.
+    group teaches nothing, which is what ``frac_reward_zero_std`` counts. ``batch_std`` replaces the
+    std of ``rewards`` under ``batch`` scaling: the global batch's, when ``rewards`` is one rank's share.
     Returns ``(advantages (B,), zero_std (B / G,) bool)``.
     """
     if rewards.dim() != 1 or rewards.numel() % num_generations:
@@ -253,7 +254,8 @@ def group_advantages(rewards: torch.Tensor, num_generations: int, scale: RewardS
     if scale == "group":
         return centred / (group_std.repeat_interleave(num_generations) + eps), zero_std
     if scale == "batch":
-        batch_std = rewards.std() if rewards.numel() > 1 else rewards.new_zeros(())
+        if batch_std is None:
+            batch_std = rewards.std() if rewards.numel() > 1 else rewards.new_zeros(())
         return centred / (batch_std + eps), zero_std
     if scale == "none":
         return centred, zero_std

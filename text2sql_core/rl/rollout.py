@@ -17,8 +17,8 @@ import torch
 if TYPE_CHECKING:  # pragma: no cover
     from .constrained import TokenConstraints
 
-__all__ = ["PromptExample", "decode_responses", "examples_from_rows", "prompt_batch", "response_mask",
-           "sample_responses"]
+__all__ = ["PromptExample", "SeededRowSampler", "decode_responses", "examples_from_rows", "prompt_batch",
+           "response_mask", "row_seed", "sample_responses"]
 
 
 @dataclass(frozen=True)
@@ -37,9 +37,53 @@ def response_mask(responses: torch.Tensor, eos_token_id: int) -> torch.Tensor:
     return (~after_eos).long()
 
 
+def row_seed(seed: int, step: int, row: int) -> int:
+    """The seed of one sampled row: its run seed, training step and place in the step's global batch."""
+    return ((seed * 1_000_003 + step) * 1_000_003 + row) % (2**63 - 1)
+
+
+def _nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """``logits`` with the tokens outside each row's top-``top_p`` probability mass set to -inf (one kept at least)."""
+    ascending, order = torch.sort(logits, dim=-1)
+    below = ascending.softmax(dim=-1).cumsum(dim=-1) <= 1.0 - top_p  # the least likely tokens, up to 1 - top_p
+    below[..., -1] = False
+    return logits.masked_fill(below.scatter(-1, order, below), float("-inf"))
+
+
+class SeededRowSampler:
+    """A logits processor that draws each row's next token from that row's own generator.
+
+    ``model.generate(do_sample=True)`` draws every row from torch's one global generator, so a row's
+    sample depends on which rows share its batch: the same prompt sampled on another rank, or beside
+    other prompts, gets other tokens. Here row ``i`` draws with ``seeds[i]`` alone (inverse CDF of the
+    temperature-scaled, nucleus-filtered softmax, in float64) and the returned scores keep only the
+    drawn token, so ``generate`` run greedily emits it. The draw of a row depends on its seed and
+    its logits only: on 1 or N ranks, in any batch, the same row samples the same tokens (up to
+    float error in the logits, which moves a draw only when it falls on a boundary of the CDF).
+    """
+
+    def __init__(self, seeds: Sequence[int], temperature: float = 1.0, top_p: float = 1.0) -> None:
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.temperature = temperature
+        self.top_p = top_p
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if scores.shape[0] != len(self.generators):
+            raise ValueError(f"{scores.shape[0]} rows to sample but {len(self.generators)} row seeds")
+        logits = scores.double() / self.temperature
+        if self.top_p < 1.0:
+            logits = _nucleus(logits, self.top_p)
+        cdf = logits.softmax(dim=-1).cumsum(dim=-1)
+        u = torch.stack([torch.rand((), generator=g, dtype=torch.float64) for g in self.generators])
+        drawn = torch.searchsorted(cdf, (u.to(cdf.device) * cdf[:, -1]).unsqueeze(1), right=True)
+        drawn = drawn.clamp_max(scores.shape[-1] - 1)
+        return torch.full_like(scores, float("-inf")).scatter(1, drawn, 0.0)
+
+
 @torch.no_grad()
 def sample_responses(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, max_new_tokens: int,
-                     temperature: float = 1.0, top_p: float = 1.0, copy_from: Sequence[str] | None = None
+                     temperature: float = 1.0, top_p: float = 1.0, copy_from: Sequence[str] | None = None,
+                     row_seeds: Sequence[int] | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor, TokenConstraints | None]:
     """Sampled responses ``(B, N)`` (padded after the first EOS), their mask, and where sampling was constrained.
 
@@ -49,8 +93,10 @@ def sample_responses(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: to
     per row) samples under predict's value-copy constraint, so the policy explores the answers it
     can give when it is deployed with ``predict.copy_values``; the positions it constrained come back
     (:class:`~text2sql_core.rl.constrained.TokenConstraints`), so that scoring renormalises the same way.
+    ``row_seeds`` (one per row) draws each row from its own generator (:class:`SeededRowSampler`):
+    the samples no longer depend on the batch a row is in, nor on the global RNG.
     """
-    kwargs: dict[str, Any] = {}
+    processors: list[Any] = []
     recorder = None
     if copy_from is not None:
         from ..models.value_copy import ValueCopyConstraint
@@ -58,10 +104,15 @@ def sample_responses(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: to
 
         recorder = RecordingProcessor(ValueCopyConstraint(tokenizer, list(copy_from), prompt_ids.shape[1]),
                                       prompt_ids.shape[1])
-        kwargs["logits_processor"] = [recorder]
-    out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=True, temperature=temperature,
-                         top_p=top_p, top_k=0, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                         eos_token_id=tokenizer.eos_token_id, **kwargs)
+        processors.append(recorder)  # sees the raw logits, before temperature and top-p
+    if row_seeds is not None:
+        processors.append(SeededRowSampler(row_seeds, temperature, top_p))
+        search: dict[str, Any] = {"do_sample": False}
+    else:
+        search = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+    kwargs: dict[str, Any] = {"logits_processor": processors} if processors else {}
+    out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=max_new_tokens,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **search, **kwargs)
     responses = out[:, prompt_ids.shape[1]:]
     if responses.shape[1] == 0:  # max_new_tokens reached at once cannot happen, but stay total
         responses = torch.full((out.shape[0], 1), tokenizer.eos_token_id, dtype=torch.long)

@@ -15,13 +15,12 @@ and greedy EX before and after).
 from __future__ import annotations
 
 import json
-import random
 from typing import Any
 
 from ..errors import BadInput
 from ..rl.dpo.config import DPOConfig
 from .base import Stage, StageContext
-from .rl_loop import require_one_process, run_rl_training
+from .rl_loop import open_rl_inputs, run_rl_training
 
 __all__ = ["STAGE", "DPOConfig", "run"]
 
@@ -30,48 +29,26 @@ CURVES = ("loss", "margin", "accuracy", "rewards_chosen", "rewards_rejected", "e
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    import torch
-
-    require_one_process("dpo")
-
-    from ..models.loading import load_policy_from_step, read_model_ref
     from ..rl.dpo.trainer import DPOTrainer
-    from ..rl.reward_model import add_lora
     from ..rl.rewards import ExecutionJudge
-    from ..rl.rollout import examples_from_rows
     from ..sql.sandbox import SandboxPool
     from .rm import read_pairs
-    from .rm_data import read_prompts
 
     cfg: DPOConfig = ctx.config
     seed = ctx.run_config.seed
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
     pairs_dir = ctx.input("rm_data")
     train = read_pairs(pairs_dir / "train_pairs.jsonl")[:cfg.train_pairs]
     held_out = read_pairs(pairs_dir / "eval_pairs.jsonl")[:cfg.eval_pairs]
     if not train:
         raise BadInput("no training pairs", uri=str(pairs_dir / "train_pairs.jsonl"), stage=ctx.step.name)
-    prepared = ctx.input("prepare")
-    examples = examples_from_rows(read_prompts(prepared, "train"))
-    eval_train = random.Random(seed).sample(examples, min(cfg.eval_train_prompts, len(examples)))
-    eval_dev = examples_from_rows(read_prompts(prepared, "dev")[:cfg.eval_dev_prompts]) if cfg.eval_dev_prompts else []
-
-    torch.manual_seed(seed)
-    sft_ref = read_model_ref(ctx.input("sft"))
-    policy, tokenizer = load_policy_from_step(ctx, "sft")
-    if hasattr(policy, "merge_and_unload"):  # a quantized base keeps its SFT adapter attached
-        raise BadInput("DPO needs the SFT adapters merged into the base (its reference is the policy with the DPO "
-                       "adapter off); 4-bit (QLoRA) policies are not supported: set model.quantization: none",
-                       field="model.quantization")
-    policy = add_lora(policy, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=0.0,
-                      target_modules=cfg.lora_target_modules, task="CAUSAL_LM").eval()
+    inputs = open_rl_inputs(ctx, cfg, algorithm="DPO", train_prompts=None)  # every prompt: EX evaluation only
+    prepared, policy, eval_train, eval_dev = inputs.prepared, inputs.policy, inputs.eval_train, inputs.eval_dev
 
     pool = SandboxPool(cfg.sandbox.sandbox_processes) if eval_train or eval_dev else None
     try:
         judge = (ExecutionJudge(prepared / "database", timeout_s=cfg.sandbox.sql_timeout_s,
                                 row_cap=cfg.sandbox.row_cap, pool=pool) if pool is not None else None)
-        trainer = DPOTrainer(policy, tokenizer, train, cfg, eval_pairs=held_out, judge=judge, seed=seed)
+        trainer = DPOTrainer(policy, inputs.tokenizer, train, cfg, eval_pairs=held_out, judge=judge, seed=seed)
 
         def evaluate(after: bool) -> dict[str, Any]:
             result: dict[str, Any] = {}
@@ -87,7 +64,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
                                   logging_steps=cfg.logging_steps, evaluate=evaluate,
                                   progress_keys={"loss": "loss", "margin": "margin", "accuracy": "accuracy",
                                                  "eval_accuracy": "eval_accuracy"},
-                                  curves=CURVES, title="DPO", sft_ref=sft_ref)
+                                  curves=CURVES, title="DPO", sft_ref=inputs.sft_ref)
     finally:
         if pool is not None:
             pool.close()

@@ -14,13 +14,11 @@ Published (:func:`~text2sql_core.stages.rl_loop.run_rl_training`): ``adapter/``,
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
-from ..errors import BadInput
 from ..rl.grpo.config import GRPOConfig
 from .base import Stage, StageContext
-from .rl_loop import require_one_process, run_rl_training
+from .rl_loop import open_rl_inputs, run_rl_training
 
 __all__ = ["STAGE", "GRPOConfig", "run"]
 
@@ -31,33 +29,18 @@ CURVES = ("reward", "exec_match", "frac_reward_zero_std", "reward_std", "clip_hi
 def run(ctx: StageContext) -> dict[str, Any]:
     import torch
 
-    require_one_process("grpo")
-
-    from ..models.loading import load_policy_from_step, read_model_ref
     from ..rl.grpo.trainer import GRPOTrainer
-    from ..rl.reward_model import add_lora, load_reward_model, score_texts
+    from ..rl.reward_model import load_reward_model, score_texts
     from ..rl.rewards import ExecutionJudge
-    from ..rl.rollout import examples_from_rows
     from ..sql.sandbox import SandboxPool
-    from .rm_data import read_prompts
 
     cfg: GRPOConfig = ctx.config
     seed = ctx.run_config.seed
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    prepared = ctx.input("prepare")
-    examples = examples_from_rows(read_prompts(prepared, "train")[:cfg.train_prompts])
-    eval_train = random.Random(seed).sample(examples, min(cfg.eval_train_prompts, len(examples)))
-    eval_dev = examples_from_rows(read_prompts(prepared, "dev")[:cfg.eval_dev_prompts]) if cfg.eval_dev_prompts else []
 
-    torch.manual_seed(seed)
-    sft_ref = read_model_ref(ctx.input("sft"))
-    policy, tokenizer = load_policy_from_step(ctx, "sft")
-    if hasattr(policy, "merge_and_unload"):  # a quantized base keeps its SFT adapter attached
-        raise BadInput("GRPO needs the SFT adapters merged into the base; 4-bit (QLoRA) policies are not "
-                       "supported by the grpo stage: set model.quantization: none", field="model.quantization")
-    rm_scorer = None
-    if any(t.name == "rm" for t in cfg.rewards):  # the registry put the rm step among this step's inputs
+    def rm_scorer_for(policy, tokenizer):
+        """The reward model's scorer when the reward list has an ``rm`` term (the registry made rm an input)."""
+        if not any(t.name == "rm" for t in cfg.rewards):
+            return None
         reward_model = load_reward_model(ctx.input("rm"), policy, tokenizer)
         max_length = cfg.max_source_length + cfg.max_new_tokens
 
@@ -66,16 +49,17 @@ def run(ctx: StageContext) -> dict[str, Any]:
                 return score_texts(reward_model, tokenizer, [e.prompt for e in batch], list(texts), max_length,
                                    keys=[e.db_id for e in batch]).tolist()
 
-        rm_scorer = score_with_rm
+        return score_with_rm
 
-    policy = add_lora(policy, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=0.0,
-                      target_modules=cfg.lora_target_modules, task="CAUSAL_LM").eval()
+    inputs = open_rl_inputs(ctx, cfg, algorithm="GRPO", train_prompts=cfg.train_prompts, before_adapter=rm_scorer_for)
+    prepared, eval_train, eval_dev = inputs.prepared, inputs.eval_train, inputs.eval_dev
 
     pool = SandboxPool(cfg.sandbox.sandbox_processes)
     try:
         judge = ExecutionJudge(prepared / "database", timeout_s=cfg.sandbox.sql_timeout_s,
                                row_cap=cfg.sandbox.row_cap, pool=pool)
-        trainer = GRPOTrainer(policy, tokenizer, examples, cfg, judge=judge, rm_scorer=rm_scorer, seed=seed)
+        trainer = GRPOTrainer(inputs.policy, inputs.tokenizer, inputs.examples, cfg, judge=judge,
+                              rm_scorer=inputs.loaded, seed=seed)
 
         def evaluate(after: bool) -> dict[str, Any]:
             result: dict[str, Any] = {}
@@ -88,7 +72,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         metrics = run_rl_training(ctx, trainer, max_steps=cfg.max_steps, save_steps=cfg.save_steps,
                                   logging_steps=cfg.logging_steps, evaluate=evaluate,
                                   progress_keys={"reward": "reward", "loss": "policy_loss", "kl": "kl"},
-                                  curves=CURVES, title="GRPO", sft_ref=sft_ref)
+                                  curves=CURVES, title="GRPO", sft_ref=inputs.sft_ref)
     finally:
         pool.close()
 

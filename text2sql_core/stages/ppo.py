@@ -21,13 +21,12 @@ SFT lineage plus this adapter: ``predict`` loads it with ``load_policy_from_step
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
 from ..errors import BadInput
 from ..rl.ppo.config import PPOConfig, build_deepspeed_config
 from .base import Stage, StageContext
-from .rl_loop import run_rl_training
+from .rl_loop import open_rl_inputs, run_rl_training
 
 __all__ = ["STAGE", "PPOConfig", "build_deepspeed_config", "run"]
 
@@ -50,37 +49,20 @@ def _check_deepspeed(cfg: PPOConfig) -> dict[str, Any] | None:
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    import torch
-
-    from ..models.loading import load_policy_from_step, read_model_ref
     from ..rl.ppo.trainer import PPOTrainer
     from ..rl.reward_model import add_lora, load_reward_model
     from ..rl.rewards import ExecutionJudge
-    from ..rl.rollout import examples_from_rows
     from ..sql.sandbox import SandboxPool
-    from .rm_data import read_prompts
 
     cfg: PPOConfig = ctx.config
     seed = ctx.run_config.seed
     ds_config = _check_deepspeed(cfg)
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    prepared = ctx.input("prepare")
-    train_rows = read_prompts(prepared, "train")[:cfg.train_prompts]
-    examples = examples_from_rows(train_rows)
-    eval_train = random.Random(seed).sample(examples, min(cfg.eval_train_prompts, len(examples)))
-    eval_dev = examples_from_rows(read_prompts(prepared, "dev")[:cfg.eval_dev_prompts]) if cfg.eval_dev_prompts else []
-
-    torch.manual_seed(seed)
-    sft_ref = read_model_ref(ctx.input("sft"))
-    policy, tokenizer = load_policy_from_step(ctx, "sft")
-    if hasattr(policy, "merge_and_unload"):  # a quantized base keeps its SFT adapter attached
-        raise BadInput("PPO needs the SFT adapters merged into the base; 4-bit (QLoRA) policies are not "
-                       "supported by the ppo stage: set model.quantization: none", field="model.quantization")
-    reward_model = load_reward_model(ctx.input("rm"), policy, tokenizer)
-    actor = add_lora(policy, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=0.0,
-                     target_modules=cfg.lora_target_modules, task="CAUSAL_LM").eval()
-    critic = add_lora(reward_model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=0.0,
+    inputs = open_rl_inputs(ctx, cfg, algorithm="PPO", train_prompts=cfg.train_prompts,
+                            before_adapter=lambda policy, tokenizer: load_reward_model(ctx.input("rm"), policy,
+                                                                                       tokenizer))
+    prepared, examples, eval_train, eval_dev = inputs.prepared, inputs.examples, inputs.eval_train, inputs.eval_dev
+    actor, tokenizer = inputs.policy, inputs.tokenizer
+    critic = add_lora(inputs.loaded, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=0.0,
                       target_modules=cfg.lora_target_modules, task="SEQ_CLS").eval()
 
     needs_sql = cfg.reward.mode != "rm" or bool(eval_train) or bool(eval_dev)
@@ -103,7 +85,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         metrics = run_rl_training(ctx, trainer, max_steps=cfg.max_steps, save_steps=cfg.save_steps,
                                   logging_steps=cfg.logging_steps, evaluate=evaluate,
                                   progress_keys={"reward": "reward", "kl": "kl", "loss": "policy_loss"},
-                                  curves=CURVES, title="PPO", sft_ref=sft_ref)
+                                  curves=CURVES, title="PPO", sft_ref=inputs.sft_ref)
     finally:
         if pool is not None:
             pool.close()

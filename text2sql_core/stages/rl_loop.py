@@ -4,20 +4,23 @@ An adapter builds its trainer and hands it here: greedy evaluation before traini
 one on resume), the step loop with a progress bar, live progress and checkpoints every
 ``save_steps``, greedy evaluation after, and the published files: ``adapter/``, ``model_ref.json``
 (the SFT lineage plus the adapter, so ``predict_rl`` loads it), ``<kind>_log.jsonl``, ``eval.json``,
-``curves.png``. The trainer only has to offer :class:`RLTrainer`.
+``curves.png``. The trainer only has to offer :class:`RLTrainer`. :func:`open_rl_inputs` is the
+opening they share: the prompts, the evaluation samples and the SFT policy with a fresh RL adapter.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from .base import StageContext
 
-__all__ = ["RLTrainer", "plot_curves", "require_one_process", "run_rl_training"]
+__all__ = ["RLInputs", "RLTrainer", "open_rl_inputs", "plot_curves", "run_rl_training"]
 
 
 class RLTrainer(Protocol):
@@ -35,15 +38,56 @@ class RLTrainer(Protocol):
     def optimizer_steps(self) -> int: ...
 
 
-def require_one_process(kind: str) -> None:
-    """Refuse a torchrun launch for a trainer that is not data-parallel: N GPUs would repeat one GPU's work."""
-    from ..distributed import world
-    from ..errors import BadInput
+@dataclass
+class RLInputs:
+    """What an RL stage starts from: its prompts, the evaluation samples and the policy to train."""
 
-    size = world().size
-    if size > 1:
-        raise BadInput(f"{kind} is not data-parallel yet and runs on one process; this launch has {size} ranks: "
-                       "set gpus: 1 and nodes: 1 for the rl step (or use rl.algorithm: ppo)", field="rl.algorithm")
+    prepared: Path  # the prepare step's published files (database/, train/dev prompts)
+    examples: list[Any]  # training prompts (PromptExample), in the prepared order
+    eval_train: list[Any]  # a seeded sample of them whose greedy answers are evaluated
+    eval_dev: list[Any]  # the first dev prompts (held-out EX)
+    sft_ref: Any  # the SFT step's model reference (the published lineage the RL adapter extends)
+    policy: Any  # the SFT policy with a new LoRA adapter (PeftModel, eval mode)
+    tokenizer: Any
+    loaded: Any = None  # what ``before_adapter`` returned (e.g. the reward model)
+
+
+def open_rl_inputs(ctx: StageContext, cfg: Any, *, algorithm: str, train_prompts: int | None,
+                   before_adapter: Callable[[Any, Any], Any] | None = None) -> RLInputs:
+    """Read the prompts, load the merged SFT policy (a 4-bit one is refused) and add the RL adapter.
+
+    ``train_prompts`` cuts the training prompts (ppo and grpo sample from the first N; dpo passes
+    ``None``: its prompts only feed the EX evaluation). ``before_adapter(policy, tokenizer)`` runs on
+    the SFT policy before the adapter goes in: the reward model is a copy of the policy without it.
+    """
+    import torch
+
+    from ..errors import BadInput
+    from ..models.loading import load_policy_from_step, read_model_ref
+    from ..rl.reward_model import add_lora
+    from ..rl.rollout import examples_from_rows
+    from .rm_data import read_prompts
+
+    seed = ctx.run_config.seed
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    prepared = ctx.input("prepare")
+    rows = read_prompts(prepared, "train")
+    examples = examples_from_rows(rows[:train_prompts])
+    eval_train = random.Random(seed).sample(examples, min(cfg.eval_train_prompts, len(examples)))
+    eval_dev = examples_from_rows(read_prompts(prepared, "dev")[:cfg.eval_dev_prompts]) if cfg.eval_dev_prompts else []
+
+    torch.manual_seed(seed)
+    sft_ref = read_model_ref(ctx.input("sft"))
+    policy, tokenizer = load_policy_from_step(ctx, "sft")
+    if hasattr(policy, "merge_and_unload"):  # a quantized base keeps its SFT adapter attached
+        raise BadInput(f"{algorithm} needs the SFT adapters merged into the base (its reference is the policy with "
+                       f"its adapter off); 4-bit (QLoRA) policies are not supported by the {ctx.step.kind} stage: "
+                       "set model.quantization: none", field="model.quantization")
+    loaded = before_adapter(policy, tokenizer) if before_adapter is not None else None
+    policy = add_lora(policy, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=0.0,
+                      target_modules=cfg.lora_target_modules, task="CAUSAL_LM").eval()
+    return RLInputs(prepared, examples, eval_train, eval_dev, sft_ref, policy, tokenizer, loaded)
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path, keys: Sequence[str], *, title: str) -> None:

@@ -18,7 +18,9 @@ class DPOConfig(RLConfigBase):
 
     # --- Pairs (rm_data's train_pairs.jsonl; its eval_pairs.jsonl is the held-out split, by prompt)
     max_steps: int = Field(100, ge=1, description="DPO steps; each trains on batch_size pairs.")
-    batch_size: int = Field(16, ge=1, description="Preference pairs per step (chosen and rejected scored together).")
+    batch_size: int = Field(16, ge=1, description="Preference pairs per step (chosen and rejected scored "
+                                                   "together). Global: split evenly over the ranks under torchrun "
+                                                   "(a multiple of the world size).")
     train_pairs: int | None = Field(None, ge=1, description="Use only the first N training pairs (quick runs, "
                                                               "tests); default all.")
     eval_pairs: int | None = Field(None, ge=0, description="Held-out pairs (rm_data's eval split) scored for the "

@@ -17,6 +17,11 @@ prompt + answer row in full, while the packed scoring runs a database's ~450-tok
 prefix once per batch (the answer is ~15 tokens), which is most of the cost on CPU. The loss
 (:func:`text2sql_core.rl.losses.dpo_loss`) is TRL's ``sigmoid`` loss; label smoothing makes it
 conservative DPO and ``rpo_alpha`` adds RPO's NLL term on the chosen answer.
+
+Under torchrun (:mod:`text2sql_core.distributed`) ``batch_size`` is global: each rank scores its
+share of the step's pairs, gradients are averaged over the ranks (the one-process gradient: the
+loss is a mean over pairs, the NLL term is normalised by the global batch's chosen tokens), logged
+metrics are global means, and the held-out pairs' batches are dealt out to the ranks.
 """
 
 from __future__ import annotations
@@ -25,12 +30,13 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ... import distributed
+from ..adapter_trainer import AdapterTrainer
 from ..losses import dpo_loss, masked_mean, sequence_logprobs
 from ..packing import PackedGroup, pack_rows, response_logprobs
 from ..rollout import prompt_batch
@@ -55,33 +61,28 @@ class EncodedPairs:
         return len(self.pairs)
 
 
-class DPOTrainer:
+class DPOTrainer(AdapterTrainer):
     """DPO updates of a LoRA policy whose reference is the same network with the adapter disabled."""
+
+    state_key = "adapter"
+    what = "DPO adapter"
 
     def __init__(self, policy, tokenizer, train_pairs: Sequence[dict[str, Any]], config: DPOConfig, *,
                  eval_pairs: Sequence[dict[str, Any]] = (), judge=None, seed: int = 0) -> None:
         if not train_pairs:
             raise ValueError("DPO needs at least one training pair")
-        self.policy = policy
-        self.tokenizer = tokenizer
+        super().__init__(policy, tokenizer, config, seed=seed)
         self.train_pairs = list(train_pairs)
         self.eval_pairs = list(eval_pairs)
-        self.cfg = config
         self.judge = judge
-        self.seed = seed
-        self.global_step = 0
-        self.params = [p for p in policy.parameters() if p.requires_grad]
-        if not self.params:
-            raise ValueError("the policy needs trainable (adapter) parameters")
-        self.optimizer = torch.optim.AdamW(self.params, lr=config.learning_rate, weight_decay=config.weight_decay)
-        self.device = next(policy.parameters()).device
-        self.history: list[dict[str, Any]] = []
+        distributed.split_batch(config.batch_size, "stages.dpo.batch_size", self.world)
 
     # ------------------------------------------------------------------ pairs
 
     def batch_for_step(self, step: int) -> list[dict[str, Any]]:
-        """The pairs of (0-based) step ``step``: slices of a seeded permutation per epoch (same after a resume)."""
-        return prompt_batch(self.train_pairs, step, self.cfg.batch_size, self.seed)
+        """This rank's share of the pairs of (0-based) step ``step``: slices of a seeded permutation per epoch
+        (the same after a resume, on any number of ranks)."""
+        return distributed.shard(prompt_batch(self.train_pairs, step, self.cfg.batch_size, self.seed), self.world)
 
     def encode(self, pairs: Sequence[dict[str, Any]]) -> EncodedPairs:
         """Tokenize as SFT does (bos + prompt cut from the left, answer + eos) and pack by database."""
@@ -126,17 +127,21 @@ class DPOTrainer:
         loss = out.loss
         record: dict[str, Any] = {}
         if cfg.rpo_alpha > 0:
-            nll = -masked_mean(tokens[:b], batch.mask[:b])
+            if self.world.distributed:  # the mean over the global batch's chosen tokens, this rank's share of it
+                chosen = distributed.all_reduce_sum({"tokens": float(batch.mask[:b].sum())})["tokens"]
+                nll = -(tokens[:b] * batch.mask[:b]).sum() / max(chosen / self.world.size, 1.0)
+            else:
+                nll = -masked_mean(tokens[:b], batch.mask[:b])
             loss = loss + cfg.rpo_alpha * nll
             record["nll_chosen"] = float(nll.detach())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.all_reduce_gradients(self.params)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
         self.optimizer.step()
         self.global_step += 1
         margins = out.margins
-        record = {
-            "step": self.global_step,
+        means = distributed.all_reduce_mean({
             "loss": float(loss.detach()),
             "dpo_loss": float(out.loss.detach()),
             **record,
@@ -146,9 +151,9 @@ class DPOTrainer:
             "accuracy": float((margins > 0).float().mean()),
             "logp_chosen": float(seq[:b].detach().mean()),
             "logp_rejected": float(seq[b:].detach().mean()),
-            "grad_norm": float(grad_norm),
-            "seconds": round(time.monotonic() - started, 3),
-        }
+        }, weight=float(b))  # global: one value per step
+        record = {"step": self.global_step, **means, "grad_norm": float(grad_norm),
+                  "seconds": round(time.monotonic() - started, 3)}
         if self.eval_pairs and (self.global_step % cfg.eval_steps == 0 or self.global_step == cfg.max_steps):
             held = self.evaluate_pairs(self.eval_pairs)
             record.update({"eval_accuracy": held["accuracy"], "eval_margin": held["margin"],
@@ -171,20 +176,21 @@ class DPOTrainer:
         """
         if not pairs:
             return {"accuracy": float("nan"), "logp_accuracy": float("nan"), "margin": float("nan"), "pairs": 0}
-        margins, logp_right = [], []
         size = self.cfg.eval_batch_size
-        for start in range(0, len(pairs), size):
+        mine = {}  # the batches dealt to this rank (round robin), scored as one process scores them
+        for start in range(0, len(pairs), size)[self.world.rank::self.world.size]:
             batch = self.encode(pairs[start:start + size])
             b = batch.size
             _, ref = self.logprobs(batch, reference=True)
             _, seq = self.logprobs(batch)
             out = dpo_loss(seq[:b], seq[b:], ref[:b], ref[b:], beta=self.cfg.beta)
-            margins.append(out.margins)
-            logp_right.append(seq[:b] > seq[b:])
-        m = torch.cat(margins)
+            mine[start] = (out.margins.tolist(), (seq[:b] > seq[b:]).tolist())
+        scored = {k: v for part in distributed.all_gather_objects(mine) for k, v in part.items()}
+        m = torch.tensor([x for start in sorted(scored) for x in scored[start][0]], dtype=torch.float32)
+        logp_right = [x for start in sorted(scored) for x in scored[start][1]]
         right = m > 0
         result: dict[str, Any] = {"accuracy": float(right.float().mean()),
-                                  "logp_accuracy": float(torch.cat(logp_right).float().mean()),
+                                  "logp_accuracy": float(np.mean(logp_right)),
                                   "margin": float(m.mean()), "pairs": len(pairs)}
         origins: dict[str, list[bool]] = {}
         for pair, ok in zip(pairs, right.tolist(), strict=True):
@@ -197,51 +203,18 @@ class DPOTrainer:
 
     @torch.no_grad()
     def evaluate(self, examples: Sequence[Any], batch_size: int = 32) -> dict[str, float]:
-        """Greedy answers for ``examples`` (``prompt``, ``db_id``, ``query``), generated as predict does: EX."""
-        from ...models.generation import generate
+        """Greedy answers for ``examples`` (``prompt``, ``db_id``, ``query``), generated as predict does: EX.
+
+        Under torchrun the ranks share the generation batches and every rank gets all the answers.
+        """
+        from ...models.generation import generate_sharded
         from ..rewards import Verdict
 
         if self.judge is None:
             raise ValueError("EX evaluation needs an ExecutionJudge")
-        generations = generate(self.policy, self.tokenizer, [e.prompt for e in examples], batch_size=batch_size,
-                               max_new_tokens=self.cfg.max_new_tokens, max_source_length=self.cfg.max_source_length,
-                               copy_values=self.cfg.copy_values)
+        generations = generate_sharded(self.policy, self.tokenizer, [e.prompt for e in examples],
+                                       batch_size=batch_size, everywhere=True, max_new_tokens=self.cfg.max_new_tokens,
+                                       max_source_length=self.cfg.max_source_length, copy_values=self.cfg.copy_values)
         verdicts = self.judge.verdicts([(e.db_id, e.query, g.sql) for e, g in zip(examples, generations,
                                                                                    strict=True)])
         return {"execution_accuracy": float(np.mean([v is Verdict.MATCH for v in verdicts]))}
-
-    # ------------------------------------------------------------------ checkpoints
-
-    def publish_actor(self, directory: Path) -> None:
-        """Save the DPO adapter (PEFT format); the SFT base is not copied."""
-        self.policy.save_pretrained(str(directory))
-
-    def state_dict(self) -> dict[str, Any]:
-        from ...models.checkpoint import trainable_state
-
-        return {"global_step": self.global_step, "adapter": trainable_state(self.policy),
-                "optimizer": self.optimizer.state_dict(), "history": self.history}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        from ...models.checkpoint import load_trainable_state
-
-        load_trainable_state(self.policy, state["adapter"], what="DPO adapter")
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.history = list(state["history"])
-        self.global_step = int(state["global_step"])
-
-    def save(self, directory: Path) -> Path:
-        """Write the full training state (adapter, optimizer, step, history, RNGs) to ``directory`` atomically."""
-        from ...models.checkpoint import save_training_state
-
-        return save_training_state(directory, self.state_dict(), step=self.global_step)
-
-    def load(self, directory: Path) -> None:
-        from ...models.checkpoint import load_training_state
-
-        self.load_state_dict(load_training_state(directory))
-
-    def optimizer_steps(self) -> int:
-        """How many Adam steps the optimizer has taken (its restored state proves a real resume)."""
-        states = [s for s in self.optimizer.state.values() if "step" in s]
-        return int(states[0]["step"]) if states else 0

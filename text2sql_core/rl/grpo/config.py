@@ -20,12 +20,14 @@ __all__ = ["GRPOConfig"]
 class GRPOConfig(OnlineRLConfigBase):
     """GRPO: G sampled completions per prompt, advantages normalised within each group, no critic."""
 
-    batch_size: int = Field(8, ge=1, description="Prompts per step; each gets num_generations completions.")
+    batch_size: int = Field(8, ge=1, description="Prompts per step; each gets num_generations completions. Global: "
+                                                  "split evenly over the ranks under torchrun (a multiple of the "
+                                                  "world size).")
     # --- The group
     num_generations: int = Field(8, ge=2, description="G: completions sampled per prompt (a group). Arctic: 16.")
     mini_batch_size: int | None = Field(
         None, ge=1, description="Completions per forward/backward pass (gradients accumulate over the batch, so "
-                                "the loss is the same); default all of them.")
+                                "the loss is the same); default all of them. Global, like batch_size.")
     # --- Objective
     rewards: list[RewardTerm] = Field(
         default_factory=lambda: [RewardTerm(name="graded_execution", weight=1.0)],

@@ -21,6 +21,17 @@ One :meth:`GRPOTrainer.step`: the next ``batch_size`` prompts, ``num_generations
 advantages (no critic), then ``num_iterations`` passes of the clipped, token-normalised loss (gradients
 accumulated over ``mini_batch_size`` chunks, one optimizer step per pass). The policy is the SFT model
 with a new LoRA adapter; with ``beta > 0`` the reference is the same model with the adapter disabled.
+
+Each completion is sampled from its own generator, seeded by the run seed, the step and the row's
+place in the step's global batch (:class:`~text2sql_core.rl.rollout.SeededRowSampler`), so the
+samples of a step do not depend on how its prompts are split into batches or ranks.
+
+Under torchrun (:mod:`text2sql_core.distributed`) ``batch_size`` and ``mini_batch_size`` are global,
+as for PPO: each rank samples and scores (its own sandbox) the groups of its share of the step's
+prompts, so a group never spans ranks; ``scale_rewards: batch`` divides by the std of the global
+batch's rewards; the loss is normalised by the global batch's rows and tokens and gradients are
+averaged over the ranks, so each update is the one-process update; logged metrics are global means.
+In one process all of this is the identity.
 """
 
 from __future__ import annotations
@@ -29,23 +40,19 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from ...models.checkpoint import (
-    load_trainable_state,
-    load_training_state,
-    save_training_state,
-    trainable_state,
-)
+from ... import distributed
+from ...errors import BadInput
 from ...models.generation import encode_prompts
+from ..adapter_trainer import AdapterTrainer
 from ..losses import group_advantages, grpo_loss
 from ..packing import PackedGroup, pack_rows, response_logprobs
 from ..rewards import ExecutionJudge, RewardFunctions, Verdict
-from ..rollout import PromptExample, decode_responses, prompt_batch, sample_responses
+from ..rollout import PromptExample, decode_responses, prompt_batch, row_seed, sample_responses
 from .config import GRPOConfig
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -75,38 +82,42 @@ class GRPOBatch:
     stats: dict[str, float] = field(default_factory=dict)
 
 
-class GRPOTrainer:
+class GRPOTrainer(AdapterTrainer):
     """GRPO updates of a policy's LoRA adapter from groups of sampled, executed completions."""
+
+    state_key = "policy"
+    what = "policy"
 
     def __init__(self, policy, tokenizer, examples: Sequence[PromptExample], config: GRPOConfig, *,
                  judge: ExecutionJudge | None, rm_scorer: RMScorer | None = None, seed: int = 0,
                  on_log: Callable[[dict[str, Any]], None] | None = None) -> None:
         if not examples:
-            raise ValueError("GRPO needs at least one training prompt")
-        self.policy = policy
-        self.tokenizer = tokenizer
+            raise BadInput("GRPO needs at least one training prompt: the prepared train split is empty or "
+                           "`train_prompts` cut it to nothing", field="stages.grpo.train_prompts")
+        super().__init__(policy, tokenizer, config, seed=seed)
         self.examples = list(examples)
-        self.cfg = config
         self.judge = judge
         self.rewards = RewardFunctions(config.rewards, judge)
         if self.rewards.needs_rm and rm_scorer is None:
             raise ValueError("an `rm` reward term needs the reward model's scorer")
         self.rm_scorer = rm_scorer
-        self.seed = seed
         self.on_log = on_log
-        self.global_step = 0
-        self.params = [p for p in policy.parameters() if p.requires_grad]
-        if not self.params:
-            raise ValueError("the policy needs trainable (adapter) parameters")
-        self.optimizer = torch.optim.AdamW(self.params, lr=config.learning_rate, weight_decay=config.weight_decay)
-        self.device = next(policy.parameters()).device
-        self.history: list[dict[str, Any]] = []
+        distributed.split_batch(config.batch_size, "stages.grpo.batch_size", self.world)
+        if config.mini_batch_size:
+            distributed.split_batch(config.mini_batch_size, "stages.grpo.mini_batch_size", self.world)
 
     # ------------------------------------------------------------------ prompts
 
     def batch_for_step(self, step: int) -> list[PromptExample]:
-        """The prompts of step ``step`` (a seeded permutation per epoch: a resumed run sees the same ones)."""
-        return prompt_batch(self.examples, step, self.cfg.batch_size, self.seed)
+        """This rank's share of the prompts of step ``step`` (a seeded permutation per epoch: a resumed run
+        sees the same ones, on any number of ranks)."""
+        return distributed.shard(prompt_batch(self.examples, step, self.cfg.batch_size, self.seed), self.world)
+
+    def row_seeds(self, rows: int, step: int | None = None) -> list[int]:
+        """The sampling seeds of this rank's ``rows`` completions of ``step``: by place in the global batch."""
+        first = distributed.shard_indices(self.cfg.batch_size, self.world).start * self.cfg.num_generations
+        step = self.global_step if step is None else step
+        return [row_seed(self.seed, step, first + r) for r in range(rows)]
 
     def score(self, examples: Sequence[PromptExample], texts: Sequence[str]) -> tuple[torch.Tensor, dict[str, float]]:
         """The weighted reward terms of each completion, and each term's mean."""
@@ -124,7 +135,8 @@ class GRPOTrainer:
                          self.tokenizer.pad_token_id)
 
     def _chunks(self, size: int) -> list[list[int]]:
-        mini = min(self.cfg.mini_batch_size or size, size)
+        # a global mini-batch is every rank's equal share of it
+        mini = min(self.cfg.mini_batch_size // self.world.size if self.cfg.mini_batch_size else size, size)
         return [list(range(s, min(s + mini, size))) for s in range(0, size, mini)]
 
     def _constraints(self, batch: GRPOBatch, rows: Sequence[int]) -> TokenConstraints | None:
@@ -151,12 +163,17 @@ class GRPOTrainer:
         responses, response_mask, constraints = sample_responses(
             self.policy, tok, enc["input_ids"], enc["attention_mask"], max_new_tokens=cfg.max_new_tokens,
             temperature=cfg.temperature, top_p=cfg.top_p,
-            copy_from=[e.prompt for e in examples] if cfg.copy_values else None)
+            copy_from=[e.prompt for e in examples] if cfg.copy_values else None,
+            row_seeds=self.row_seeds(len(examples)))
         prompt_tokens = [row[m.bool()].tolist() for row, m in zip(enc["input_ids"], enc["attention_mask"],
                                                                    strict=True)]
         texts = decode_responses(tok, responses, response_mask)
         rewards, stats = self.score(examples, texts)
-        advantages, zero_std = group_advantages(rewards, g, cfg.scale_rewards)
+        batch_std = None
+        if cfg.scale_rewards == "batch" and self.world.distributed:  # the std of the global batch, exactly
+            every = torch.tensor([r for part in distributed.all_gather_objects(rewards.tolist()) for r in part])
+            batch_std = every.std() if every.numel() > 1 else every.new_zeros(())
+        advantages, zero_std = group_advantages(rewards, g, cfg.scale_rewards, batch_std=batch_std)
         fmask = response_mask.float()
         truncated = ~((responses == tok.eos_token_id) & response_mask.bool()).any(dim=1)
         loss_mask = fmask * (~truncated).float().unsqueeze(1) if cfg.mask_truncated_completions else fmask
@@ -168,6 +185,7 @@ class GRPOTrainer:
             "completion_length": float(fmask.sum(1).mean()),
             "truncated_fraction": float(truncated.float().mean()),
         })
+        stats = distributed.all_reduce_mean(stats, weight=float(len(examples)))  # global: one value per step
         batch = GRPOBatch(examples, prompt_tokens, responses, fmask, loss_mask, texts, rewards,
                           advantages.to(self.device), None, None, constraints, stats)
         if cfg.num_iterations > 1:
@@ -183,7 +201,10 @@ class GRPOTrainer:
         """``num_iterations`` optimizer steps on ``batch``, each accumulating the chunks' gradients."""
         cfg = self.cfg
         rows_total = len(batch.examples)
-        tokens_total = float(batch.loss_mask.sum())
+        # the global batch's counted tokens, and each rank's equal share of rows and tokens as the loss's
+        # normaliser: averaged over the ranks, the gradients are the one-process gradient
+        tokens_total = distributed.all_reduce_sum({"tokens": float(batch.loss_mask.sum())})["tokens"]
+        tokens_share = tokens_total / self.world.size
         sums: dict[str, list[float]] = {k: [] for k in ("policy_loss", "clip_low", "clip_high", "kl", "entropy")}
         self.policy.train()
         for _ in range(cfg.num_iterations):
@@ -200,7 +221,7 @@ class GRPOTrainer:
                 ref = batch.ref_logprobs.index_select(0, index) if batch.ref_logprobs is not None else None
                 out = grpo_loss(logprobs, old, batch.advantages.index_select(0, index), m, loss_type=cfg.loss_type,
                                 epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, max_new_tokens=cfg.max_new_tokens,
-                                beta=cfg.beta, ref_logprobs=ref, total_rows=rows_total, total_tokens=tokens_total)
+                                beta=cfg.beta, ref_logprobs=ref, total_rows=rows_total, total_tokens=tokens_share)
                 out.loss.backward()
                 loss_sum += float(out.loss.detach())
                 share = float(m.sum()) / max(tokens_total, 1.0)  # token-weighted means over the chunks
@@ -208,6 +229,7 @@ class GRPOTrainer:
                 parts["clip_high"] += float(out.clip_high) * share
                 parts["kl"] += float(out.kl) * share
                 parts["entropy"] += float((entropy.detach() * m).sum()) / max(tokens_total, 1.0)
+            distributed.all_reduce_gradients(self.params)
             torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
             self.optimizer.step()
             sums["policy_loss"].append(loss_sum)
@@ -215,6 +237,8 @@ class GRPOTrainer:
                 sums[key].append(value)
         self.policy.eval()
         stats = {k: float(np.mean(v)) for k, v in sums.items()}
+        # token shares add up over the ranks; each rank's loss is its share scaled by the world size
+        stats = distributed.all_reduce_sum({**stats, "policy_loss": stats["policy_loss"] / self.world.size})
         if cfg.beta == 0:
             del stats["kl"]  # no reference was run: there is no KL to report
         return stats
@@ -238,12 +262,16 @@ class GRPOTrainer:
 
     @torch.no_grad()
     def evaluate(self, examples: Sequence[PromptExample], batch_size: int = 32) -> dict[str, float]:
-        """Greedy answers for ``examples``, generated as ``predict`` does: mean reward and execution accuracy."""
-        from ...models.generation import generate as generate_sql
+        """Greedy answers for ``examples``, generated as ``predict`` does: mean reward and execution accuracy.
 
-        generations = generate_sql(self.policy, self.tokenizer, [e.prompt for e in examples], batch_size=batch_size,
-                                   max_new_tokens=self.cfg.max_new_tokens,
-                                   max_source_length=self.cfg.max_source_length, copy_values=self.cfg.copy_values)
+        Under torchrun the ranks share the generation batches and every rank gets all the answers
+        (the one-process answers, byte for byte), so each scores the same and reports the same.
+        """
+        from ...models.generation import generate_sharded
+
+        generations = generate_sharded(self.policy, self.tokenizer, [e.prompt for e in examples],
+                                       batch_size=batch_size, everywhere=True, max_new_tokens=self.cfg.max_new_tokens,
+                                       max_source_length=self.cfg.max_source_length, copy_values=self.cfg.copy_values)
         rewards, stats = self.score(examples, [g.sql for g in generations])
         out = {"reward": float(rewards.mean()), **{k: v for k, v in stats.items() if k.startswith("reward_")}}
         if "exec_match" not in stats and self.judge is not None:  # an rm-only reward: EX is still the measure
@@ -253,28 +281,3 @@ class GRPOTrainer:
         if "exec_match" in stats:
             out["execution_accuracy"] = stats["exec_match"]
         return out
-
-    def publish_actor(self, directory: Path) -> None:
-        """Save the policy's adapter (PEFT format); the SFT base is not copied."""
-        self.policy.save_pretrained(str(directory))
-
-    # ------------------------------------------------------------------ checkpoints
-
-    def save(self, directory: Path) -> Path:
-        """The full training state (adapter, optimizer, step, history, RNGs), written atomically."""
-        return save_training_state(directory, {"global_step": self.global_step,
-                                               "policy": trainable_state(self.policy),
-                                               "optimizer": self.optimizer.state_dict(),
-                                               "history": self.history}, step=self.global_step)
-
-    def load(self, directory: Path) -> None:
-        state = load_training_state(directory)
-        load_trainable_state(self.policy, state["policy"], what="policy")
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.history = list(state["history"])
-        self.global_step = int(state["global_step"])
-
-    def optimizer_steps(self) -> int:
-        """Adam steps taken so far (a restored count proves a real resume)."""
-        states = [s for s in self.optimizer.state.values() if "step" in s]
-        return int(states[0]["step"]) if states else 0
