@@ -75,6 +75,14 @@ EVICTION_MESSAGE = "Eviction API: evicting"
 __all__ = ["EVICTION_MESSAGE", "EVICTION_REASON", "FakeKubelet", "Pod"]
 
 
+def _done(resp: Any) -> None:
+    """Read an un-preloaded response to its end and hand its connection back to the pool."""
+    try:
+        resp.read()
+    finally:
+        resp.release_conn()
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -324,7 +332,7 @@ class FakeKubelet:
         pod.stopped = True
         pod.terminate(int(job["spec"]["template"]["spec"].get("terminationGracePeriodSeconds", 30)))
         if pod.owner_kind == "Job":
-            self.core.delete_namespaced_pod(pod.name, self.namespace, _preload_content=False).release_conn()
+            _done(self.core.delete_namespaced_pod(pod.name, self.namespace, _preload_content=False))
 
     @staticmethod
     def _fails_job_at_once(job: dict[str, Any], code: int) -> bool:
@@ -369,7 +377,7 @@ class FakeKubelet:
         name = f"{meta['name']}-{attempt}" if index is None else f"{meta['name']}-{index}-{attempt}"
         obj = self._pod_object(kind, owner, index, name)
         if kind == "Job":
-            self.core.create_namespaced_pod(self.namespace, obj, _preload_content=False).release_conn()
+            _done(self.core.create_namespaced_pod(self.namespace, obj, _preload_content=False))
         hold = self._replacement_hold.pop(key, 0.0)
         pod = Pod(kind, meta["name"], attempt, self.workdir / name, name, index=index,
                   labels=obj["metadata"]["labels"], hold_until=time.monotonic() + hold if hold else 0.0)
@@ -380,8 +388,8 @@ class FakeKubelet:
 
     def _patch_pod_status(self, pod: Pod, status: dict[str, Any]) -> None:
         if pod.owner_kind == "Job":
-            self.core.patch_namespaced_pod_status(pod.name, self.namespace, {"status": status}, _content_type=_MERGE,
-                                                  _preload_content=False).release_conn()
+            _done(self.core.patch_namespaced_pod_status(pod.name, self.namespace, {"status": status}, _content_type=_MERGE,
+                                                  _preload_content=False))
 
     def _dns(self) -> dict[str, str]:
         """Cluster DNS names of the namespace's pods (hostname.subdomain of a pod a headless Service named
