@@ -108,7 +108,9 @@ class Pod:
     hold_until: float = 0.0
     #: SIGKILL after this (the grace period of a termination), 0: no termination pending
     kill_at: float = 0.0
+    #: command line and environment it was started with (after $(VAR) expansion and DNS resolution)
     argv: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -381,7 +383,6 @@ class FakeKubelet:
         hold = self._replacement_hold.pop(key, 0.0)
         pod = Pod(kind, meta["name"], attempt, self.workdir / name, name, index=index,
                   labels=obj["metadata"]["labels"], hold_until=time.monotonic() + hold if hold else 0.0)
-        pod.argv = []  # filled when it starts
         self._objects[name] = obj
         self.pods.append(pod)
         return pod
@@ -440,7 +441,7 @@ class FakeKubelet:
         argv = [host(expand(a)) for a in [*(container.get("command") or []), *(container.get("args") or [])]]
         if not argv or argv[0] != "t2s":
             raise ValueError(f"{pod.owner_kind} {pod.owner}: only the t2s entrypoint is simulated, got {argv[:1]}")
-        pod.argv = argv
+        pod.argv, pod.env = argv, env
         argv = [sys.executable, "-m", "text2sql_core.cli", *argv[1:]]
         cwd = Path(host(container.get("workingDir") or str(root)))
         cwd.mkdir(parents=True, exist_ok=True)
