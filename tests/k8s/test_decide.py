@@ -370,6 +370,10 @@ DISRUPTION_CASES = [
         ["event StagePreempted job-sft", "annotate job-sft running preempted 1"],
         id="its pod evicted: preempted (counted), not failed, not running"),
     pytest.param(
+        steady(*RUNNING_SFT), (P("sft-a", "Running", disruption=EVICTED),),
+        ["event StagePreempted job-sft", "annotate job-sft running preempted 1"],
+        id="its pod marked for eviction, still terminating: preempted already"),
+    pytest.param(
         steady(*PREEMPTED_SFT), (P("sft-a", "Failed", disruption=EVICTED), P("sft-b", "Pending")),
         [],
         id="the replacement pod is pending: still preempted"),

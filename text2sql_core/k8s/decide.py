@@ -309,14 +309,15 @@ def pod_view(obj: Mapping[str, Any]) -> PodView:
 
 def disruption_of(job: JobView, pods: Iterable[PodView]) -> str:
     """Why a pod of ``job`` was disrupted ("pod <name>: <reason>: <message>"), for the first completion
-    index that has a disrupted pod and no pod running or succeeded since; "" when there is none."""
+    index that has a disrupted pod (terminating or terminated) and no other pod running or succeeded;
+    "" when there is none."""
     by_index: dict[str, list[PodView]] = {}
     for pod in pods:
         if pod.job == job.name:
             by_index.setdefault(pod.index, []).append(pod)
     for index in sorted(by_index):
         group = by_index[index]
-        if any(p.phase in ("Running", "Succeeded") for p in group):
+        if any(p.phase in ("Running", "Succeeded") and not p.disruption for p in group):
             continue
         disrupted = next((p for p in sorted(group, key=lambda p: p.name) if p.disruption), None)
         if disrupted is not None:
@@ -326,7 +327,7 @@ def disruption_of(job: JobView, pods: Iterable[PodView]) -> str:
 
 def runs_a_pod(job: JobView, pods: Iterable[PodView]) -> bool:
     """A pod of ``job`` runs: the Job counts a ready pod, or one of its pods is in phase Running."""
-    return job.ready > 0 or any(p.job == job.name and p.phase == "Running" for p in pods)
+    return job.ready > 0 or any(p.job == job.name and p.phase == "Running" and not p.disruption for p in pods)
 
 
 @dataclass(frozen=True)
