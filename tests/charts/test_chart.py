@@ -387,6 +387,7 @@ def test_controller_rbac_is_limited_to_jobs_and_events() -> None:
                for group in rule["apiGroups"] for resource in rule["resources"] for verb in rule["verbs"]}
     expected = {("batch", "jobs", v) for v in ("get", "list", "watch", "create", "patch")}
     expected |= {("", "configmaps", "list")}  # the run's Job specs, found by label
+    expected |= {("", "pods", "list")}  # a disrupted pod shows its stage as preempted
     expected |= {(g, "events", v) for g in ("", "events.k8s.io") for v in ("create", "patch")}
     expected |= {("", "events", "list")}  # a restarted controller reads the Events it recorded
     assert granted == expected

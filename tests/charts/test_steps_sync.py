@@ -75,6 +75,8 @@ def test_one_process_stages_are_never_launched_under_torchrun() -> None:
             assert "torchrun" not in command
     with pytest.raises(HelmError, match="stages.evaluate_rl: the evaluate stage runs in one process"):
         render({"stages": {"evaluate_rl": {"gpus": 2}}})
+    with pytest.raises(HelmError, match="stages.export: the export stage runs in one process"):
+        render({"stages": {"export": {"nodes": 2, "gpus": 1}}})
     for algorithm in ("grpo", "dpo"):  # data parallel like ppo: one process per GPU
         jobs = stage_jobs(render({"runConfig": {"rl": {"algorithm": algorithm}}, "stages": {"rl": {"gpus": 4}}}))
         rl = next(j for j in jobs if j["metadata"]["annotations"]["text2sql-rlhf.dev/kind"] == algorithm)

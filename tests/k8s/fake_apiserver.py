@@ -1179,16 +1179,20 @@ def set_job_running(batch_api: Any, namespace: str, name: str, *, active: int = 
     _patch_status(batch_api, namespace, name, {"startTime": _now(), "active": active, "ready": active})
 
 
-def set_job_complete(batch_api: Any, namespace: str, name: str) -> None:
-    """The Job succeeded: ``SuccessCriteriaMet`` and ``Complete`` conditions, as Kubernetes 1.31+ sets."""
+def set_job_complete(batch_api: Any, namespace: str, name: str, *, succeeded: int = 1,
+                     completed_indexes: str | None = None) -> None:
+    """The Job succeeded: ``SuccessCriteriaMet`` and ``Complete`` conditions, as Kubernetes 1.31+ sets
+    (``completed_indexes``, e.g. "0-1", for an Indexed Job)."""
     job = batch_api.read_namespaced_job_status(name, namespace)
     start = job.status.start_time if job.status is not None else None
     status: dict[str, Any] = {
-        "active": 0, "ready": 0, "succeeded": 1, "completionTime": _now(),
+        "active": 0, "ready": 0, "succeeded": succeeded, "completionTime": _now(),
         "conditions": [_condition("SuccessCriteriaMet", "CompletionsReached", "Reached expected number of "
                                                                                "succeeded pods"),
                        _condition("Complete", "CompletionsReached", "Reached expected number of succeeded pods")],
     }
+    if completed_indexes is not None:
+        status["completedIndexes"] = completed_indexes
     if start is None:
         status["startTime"] = _now()
     _patch_status(batch_api, namespace, name, status)

@@ -20,6 +20,7 @@ from text2sql_core.k8s.decide import (
     CreateStage,
     JobView,
     Observed,
+    PodView,
     RecordEvent,
     RunState,
     SpecSource,
@@ -28,6 +29,7 @@ from text2sql_core.k8s.decide import (
     decide,
     job_view,
     plan,
+    pod_view,
     spec_source,
     started_message,
 )
@@ -351,3 +353,97 @@ def test_job_view_reads_the_api_json():
                        "status": {"conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
                                                   "message": "too slow"}]}})
     assert failed.failed and failed.failure == "DeadlineExceeded: too slow" and failed.suspended
+
+
+def P(name: str, phase: str = "Running", *, job: str = "job-sft", index: str = "", disruption: str = "") -> PodView:
+    """A pod of a stage Job; ``disruption`` is the DisruptionTarget "reason: message" Kubernetes set."""
+    return PodView(name, job, phase, index, disruption)
+
+
+EVICTED = "EvictionByEvictionAPI: Eviction API: evicting"
+RUNNING_SFT = (J("prepare", "complete"), J("sft", "running"))
+PREEMPTED_SFT = (J("prepare", "complete"), J("sft", "running", shown="preempted", preemptions=1))
+
+DISRUPTION_CASES = [
+    pytest.param(
+        steady(*RUNNING_SFT), (P("sft-a", "Failed", disruption=EVICTED),),
+        ["event StagePreempted job-sft", "annotate job-sft running preempted 1"],
+        id="its pod evicted: preempted (counted), not failed, not running"),
+    pytest.param(
+        steady(*RUNNING_SFT), (P("sft-a", "Running", disruption=EVICTED),),
+        ["event StagePreempted job-sft", "annotate job-sft running preempted 1"],
+        id="its pod marked for eviction, still terminating: preempted already"),
+    pytest.param(
+        steady(*PREEMPTED_SFT), (P("sft-a", "Failed", disruption=EVICTED), P("sft-b", "Pending")),
+        [],
+        id="the replacement pod is pending: still preempted"),
+    pytest.param(
+        steady(*PREEMPTED_SFT), (P("sft-b", "Pending"),),
+        [],
+        id="the evicted pod was deleted, its replacement does not run yet: still preempted"),
+    pytest.param(
+        steady(*PREEMPTED_SFT), (P("sft-a", "Failed", disruption=EVICTED), P("sft-b", "Running")),
+        ["event StageResumed job-sft", "annotate job-sft running running 1"],
+        id="the replacement pod runs: resumed"),
+    pytest.param(
+        steady(*RUNNING_SFT), (P("sft-a", "Failed", disruption="Evicted: The node was low on memory."),),
+        ["event StagePreempted job-sft", "annotate job-sft running preempted 1"],
+        id="an older kubelet's eviction (phase Failed, reason Evicted): preempted"),
+    pytest.param(
+        steady(*RUNNING_SFT), (P("sft-0-a", index="0"), P("sft-1-a", "Failed", index="1",
+                                                          disruption="PreemptionByScheduler: preempted")),
+        ["event StagePreempted job-sft", "annotate job-sft running preempted 1"],
+        id="one index of an Indexed Job disrupted: preempted though the other index runs"),
+    pytest.param(
+        steady(*RUNNING_SFT), (P("sft-a", "Failed"), P("sft-b", "Pending")),
+        [],
+        id="a pod that failed on its own (retried by backoffLimit): still running"),
+    pytest.param(
+        steady(*RUNNING_SFT), (P("other-a", "Failed", job="job-rm", disruption=EVICTED),),
+        [],
+        id="another Job's pod disrupted: this stage runs"),
+    pytest.param(
+        steady(J("prepare", "complete"), J("sft", "failed", shown="running")), (P("sft-a", "Failed", disruption=EVICTED),),
+        ["event StageFailed job-sft", "event RunFailed job-prepare", "annotate job-prepare failed:sft published",
+         "annotate job-sft failed:sft failed"],
+        id="a Job failed (its policy did not ignore the disruption): failed"),
+]
+
+
+@pytest.mark.parametrize(("jobs", "pods", "expected"), DISRUPTION_CASES)
+def test_decide_disruptions(jobs, pods, expected):
+    actions = decide(Observed(RUN, tuple(jobs), frozenset({"prepare"}), frozenset(), source(), pods))
+    assert sorted(summary(actions)) == sorted(expected)
+
+
+def test_a_disruption_is_named_in_the_event_and_unseen_without_pods():
+    jobs = steady(*RUNNING_SFT)
+    pods = (P("sft-a", "Failed", disruption=EVICTED),)
+    p = plan(Observed(RUN, jobs, frozenset({"prepare"}), source=source(), pods=pods))
+    assert p.stage("sft").state is StageState.PREEMPTED and p.stage("sft").disruption == f"pod sft-a: {EVICTED}"
+    (ev,) = [a for a in decide(Observed(RUN, jobs, frozenset({"prepare"}), frozenset(), source(), pods))
+             if isinstance(a, RecordEvent)]
+    assert "pod sft-a: EvictionByEvictionAPI" in ev.message and "when a new pod runs" in ev.message
+    assert ev.type == "Normal"
+    # no RBAC to list pods: the disruption is not seen, the stage reads as running (as before pods were read)
+    blind = plan(Observed(RUN, steady(*PREEMPTED_SFT), frozenset({"prepare"}), source=source(), pods=None))
+    assert blind.stage("sft").state is StageState.RUNNING
+
+
+def test_pod_view_reads_the_api_json():
+    evicted = pod_view({
+        "metadata": {"name": "sft-1-x", "labels": {"batch.kubernetes.io/job-name": "job-sft",
+                                                   "batch.kubernetes.io/job-completion-index": "1"}},
+        "status": {"phase": "Failed", "conditions": [
+            {"type": "Ready", "status": "False"},
+            {"type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet",
+             "message": "The node had condition: [DiskPressure]."}]}})
+    assert evicted == PodView("sft-1-x", "job-sft", "Failed", "1",
+                              "TerminationByKubelet: The node had condition: [DiskPressure].")
+    old_kubelet = pod_view({"metadata": {"name": "p", "ownerReferences": [
+        {"kind": "Job", "name": "job-sft", "controller": True, "uid": "u"}]},
+        "status": {"phase": "Failed", "reason": "Evicted", "message": "low on memory"}})
+    assert (old_kubelet.job, old_kubelet.disruption, old_kubelet.index) == ("job-sft", "Evicted: low on memory", "")
+    cleared = pod_view({"metadata": {"name": "p", "labels": {"job-name": "job-sft"}},
+                        "status": {"phase": "Running", "conditions": [{"type": "DisruptionTarget", "status": "False"}]}})
+    assert (cleared.job, cleared.phase, cleared.disruption) == ("job-sft", "Running", "")

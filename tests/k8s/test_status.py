@@ -86,3 +86,34 @@ def test_status_cli_falls_back_to_the_store_when_the_cluster_is_unreachable(stor
     captured = capsys.readouterr()
     assert "cluster not reachable" in captured.err
     assert captured.out.splitlines()[0] == f"run {RUN}: running   [store only]"
+
+
+def test_status_cli_shows_a_stage_whose_pod_was_evicted_as_preempted(apiserver, batch, store, run_config, tmp_path,
+                                                                     capsys):
+    from kubernetes import client
+
+    create_jobs(batch, RUN)
+    set_job_running(batch, NAMESPACE, job_name(RUN, "prepare"))
+    set_job_complete(batch, NAMESPACE, job_name(RUN, "prepare"))
+    publish_step(store, RUN, "prepare")
+    sft = job_name(RUN, "sft")
+    batch.patch_namespaced_job(sft, NAMESPACE, {"spec": {"suspend": False}},
+                               _content_type="application/merge-patch+json")
+    set_job_running(batch, NAMESPACE, sft, active=0)  # the evicted pod ended, its replacement is not up yet
+    store.put_bytes(f"runs/{RUN}/sft/_checkpoints/00000006/_manifest.json", b"{}")
+    # the pod as Kubernetes leaves it after `kubectl drain`: DisruptionTarget, phase Failed
+    client.CoreV1Api(batch.api_client).create_namespaced_pod(NAMESPACE, {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": f"{sft}-x7k2p", "labels": {"text2sql-rlhf.dev/run-id": RUN, "batch.kubernetes.io/job-name": sft}},
+        "spec": {"containers": [{"name": "stage", "image": "t2s"}]},
+        "status": {"phase": "Failed", "conditions": [{"type": "DisruptionTarget", "status": "True",
+                                                      "reason": "EvictionByEvictionAPI",
+                                                      "message": "Eviction API: evicting"}]}})
+    kubeconfig = apiserver.write_kubeconfig(tmp_path / "kubeconfig")
+    assert main(["status", "--run-id", RUN, "--config", str(run_config), "--namespace", NAMESPACE,
+                 "--kubeconfig", str(kubeconfig)]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in out.splitlines()[2:]}
+    assert out.splitlines()[0].startswith(f"run {RUN}: running")
+    assert rows["sft"].split()[1] == "preempted", out
+    assert f"pod {sft}-x7k2p: EvictionByEvictionAPI" in rows["sft"] and "resumes from step 6 when a new pod runs" in rows["sft"]

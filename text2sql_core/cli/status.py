@@ -10,8 +10,9 @@ from pathlib import Path
 from ..errors import EXIT_BAD_INPUT, EXIT_OK, BadInput
 
 
-def _cluster_jobs(args: argparse.Namespace, run_id: str) -> list[dict] | None:
-    """The run's Jobs as API JSON, or None (with a note on stderr) when the cluster cannot be reached."""
+def _cluster_jobs(args: argparse.Namespace, run_id: str) -> tuple[list[dict] | None, list[dict] | None]:
+    """The run's Jobs and stage pods as API JSON, or None (with a note on stderr) when the cluster cannot
+    be reached; pods are None alone when they may not be listed (then a disruption is not shown)."""
     from ..errors import T2SError
     from ..k8s.decide import run_selector
     from ..k8s.kubeclient import load_api_client
@@ -23,14 +24,26 @@ def _cluster_jobs(args: argparse.Namespace, run_id: str) -> list[dict] | None:
         resp = client.BatchV1Api(api).list_namespaced_job(args.namespace, label_selector=run_selector(run_id),
                                                           _preload_content=False, _request_timeout=10)
         try:
-            return json.loads(resp.data).get("items") or []
+            jobs = json.loads(resp.data).get("items") or []
         finally:
             resp.release_conn()
     except (T2SError, OSError, ValueError, Exception) as exc:  # noqa: BLE001 - the cluster part is optional
         reason = getattr(exc, "reason", None) or exc
         print(f"t2s status: cluster not reachable ({type(exc).__name__}: {reason}); showing the store only",
               file=sys.stderr)
-        return None
+        return None, None
+    try:
+        resp = client.CoreV1Api(api).list_namespaced_pod(args.namespace, label_selector=run_selector(run_id),
+                                                        _preload_content=False, _request_timeout=10)
+        try:
+            return jobs, json.loads(resp.data).get("items") or []
+        finally:
+            resp.release_conn()
+    except Exception as exc:  # noqa: BLE001 - without pods only disruptions go unseen
+        reason = getattr(exc, "reason", None) or exc
+        print(f"t2s status: cannot list pods ({type(exc).__name__}: {reason}); a disrupted stage shows as running",
+              file=sys.stderr)
+        return jobs, None
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -50,12 +63,12 @@ def _status(args: argparse.Namespace) -> int:
     # Rejected keys, a missing bucket, an unreachable server: fail with that error (exit 2 or 1)
     # instead of a table where every step reads as a corrupt manifest.
     store.list(f"runs/{run_id}")
-    jobs = _cluster_jobs(args, run_id) if args.namespace else None
+    jobs, pods = _cluster_jobs(args, run_id) if args.namespace else (None, None)
     if not jobs and not store.list(f"runs/{run_id}"):
         raise BadInput(f"no run {run_id!r} in the artifact store (nothing under runs/{run_id}/"
                        f"{' and no Job in namespace ' + args.namespace if args.namespace else ''})",
                        field="--run-id" if args.run_id else "--config")
-    status = collect_status(run_id, store, steps=step_names(steps_for(cfg)), jobs=jobs)
+    status = collect_status(run_id, store, steps=step_names(steps_for(cfg)), jobs=jobs, pods=pods)
     if args.output == "json":
         print(json.dumps(status.to_dict(), indent=2))
     else:

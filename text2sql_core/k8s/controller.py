@@ -2,16 +2,18 @@
 
 Event handlers only enqueue a run key; a single worker reconciles one run at a time:
 
-1. *observe*: a fresh list of the run's Jobs and of its spec ConfigMap (never a cache, so a
-   decision is never based on a state older than the last write), the Events the controller
-   already recorded for the run, and which steps have a manifest in the artifact store;
+1. *observe*: a fresh list of the run's Jobs, of their pods and of its spec ConfigMap (never a
+   cache, so a decision is never based on a state older than the last write), the Events the
+   controller already recorded for the run, and which steps have a manifest in the artifact store;
 2. ``decide(observed)`` (pure, see ``decide.py``);
 3. *apply*: create the Jobs whose inputs are published, from their specs (a Job that already
    exists answers 409 and the run is simply reconciled again), record Events, annotate the run
    state. Every write uses the field manager ``t2s-controller``; none touches ``spec.suspend``,
    which belongs to the Job's queue (Kueue) or the Job controller.
 
-The watch is only a trigger: it resumes from the last resourceVersion, relists on 410 Gone, and
+Pods are listed, not watched: every pod change that moves a stage (a disruption, a replacement
+pod that starts running) also changes its Job's ``status.active``/``ready``, which the Job watch
+sees. The watch is only a trigger: it resumes from the last resourceVersion, relists on 410 Gone, and
 every ``resync_s`` all known runs are reconciled anyway. API errors back off exponentially per
 run. Because all state lives in the cluster (Job conditions, annotations, Events) and the store
 (manifests), the controller can be killed and restarted at any moment.
@@ -50,6 +52,8 @@ from .decide import (
     SpecSource,
     job_view,
     plan_and_decide,
+    pod_selector,
+    pod_view,
     run_selector,
     spec_source,
     specs_selector,
@@ -198,6 +202,7 @@ class Controller:
         self._failures: dict[str, int] = {}
         self._instance = socket.gethostname()
         self._warned_events_forbidden = False
+        self._warned_pods_forbidden = False
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -384,9 +389,29 @@ class Controller:
         jobs = tuple(job_view(item) for item in jobs_raw.get("items") or [])
         source = self._spec_source(run_id)
         events = self._recorded_events(run_id)
+        pods = self._stage_pods(run_id) if jobs else ()
         steps = steps_to_check(jobs, run_id, source)
         published = self.manifests.published(run_id, steps) if steps else frozenset()
-        return Observed(run_id, jobs, published, events, source)
+        return Observed(run_id, jobs, published, events, source, pods)
+
+    def _stage_pods(self, run_id: str) -> tuple[Any, ...] | None:
+        """The run's pods (to see disruptions); None without RBAC to list them (403), where a
+        disrupted stage reads as running until its replacement pod runs."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            raw = _json(self.core.list_namespaced_pod(
+                self.config.namespace, label_selector=pod_selector(run_id), _preload_content=False,
+                _request_timeout=self.config.request_timeout_s))
+        except ApiException as exc:
+            if exc.status != 403:
+                raise
+            if not self._warned_pods_forbidden:
+                self._warned_pods_forbidden = True
+                self.log.warning("may not list pods (403): grant `list` on pods to show disrupted stages as "
+                                 "preempted", run=run_id)
+            return None
+        return tuple(pod_view(item) for item in raw.get("items") or [])
 
     def _spec_source(self, run_id: str) -> SpecSource | None:
         """The run's spec ConfigMap, parsed; None when there is none (or, ambiguously, several)."""

@@ -31,6 +31,15 @@ Rules (``plan`` computes them, ``decide`` turns them into actions):
 * A suspended stage Job is *queued* (waiting for admission) or, when the controller last saw it
   running, *preempted*: neither fails the run, the Job resumes from its newest checkpoint when its
   queue admits it again, and each preemption is counted (``text2sql-rlhf.dev/preemptions``).
+* A running stage Job whose pod was *disrupted* (condition ``DisruptionTarget``, which Kubernetes
+  sets for a scheduler preemption, a taint-manager deletion, an Eviction API call or a node-pressure
+  eviction, or an older kubelet's phase ``Failed`` with reason ``Evicted``) is *preempted* too, until
+  a pod of that completion index runs again. The chart's podFailurePolicy ignores such a pod's
+  failure (``Ignore`` on ``DisruptionTarget``), so it never uses up backoffLimit and the Job
+  controller replaces it; the replacement resumes from the newest checkpoint. The disrupted pod may
+  be deleted before its replacement runs (an Eviction API call deletes it), so a Job recorded
+  preempted stays preempted until one of its pods runs (Job ``status.ready`` or a Running pod).
+  Without the pods (no RBAC to list them) a disruption is not seen: the stage reads as running.
 * A Failed Job fails the run: nothing is created any more, the run is annotated ``failed`` with the
   failed stage, and a ``RunFailed`` Event is recorded. The failure is read back from the
   annotations too, so it survives the failed Job being garbage-collected.
@@ -58,10 +67,13 @@ from enum import StrEnum
 from typing import Any
 
 __all__ = [
+    "COMPLETION_INDEX_LABEL",
     "COMPONENT_LABEL",
     "DEPENDS_ON_ANNOTATION",
+    "DISRUPTION_TARGET",
     "FAILED_STAGE_ANNOTATION",
     "FIELD_MANAGER",
+    "JOB_NAME_LABEL",
     "ORDER_ANNOTATION",
     "PREEMPTIONS_ANNOTATION",
     "RUN_LABEL",
@@ -77,6 +89,7 @@ __all__ = [
     "JobView",
     "Observed",
     "Plan",
+    "PodView",
     "Reason",
     "RecordEvent",
     "RunState",
@@ -85,10 +98,14 @@ __all__ = [
     "StageSpec",
     "StageState",
     "decide",
+    "disruption_of",
     "job_view",
     "plan",
     "plan_and_decide",
+    "pod_selector",
+    "pod_view",
     "run_selector",
+    "runs_a_pod",
     "spec_source",
     "specs_selector",
     "started_message",
@@ -109,6 +126,11 @@ FAILED_STAGE_ANNOTATION = "text2sql-rlhf.dev/failed-stage"
 STAGE_STATE_ANNOTATION = "text2sql-rlhf.dev/stage-state"
 #: how often the stage was stopped while running (Kueue preemption or eviction)
 PREEMPTIONS_ANNOTATION = "text2sql-rlhf.dev/preemptions"
+#: labels the Job controller puts on a Job's pods (the name of the Job; the index of an Indexed Job)
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+COMPLETION_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
+#: the pod condition Kubernetes sets before it terminates a pod for a disruption (1.26+)
+DISRUPTION_TARGET = "DisruptionTarget"
 #: field manager of every write, so ``managedFields`` show which fields the controller owns
 FIELD_MANAGER = "t2s-controller"
 
@@ -173,6 +195,11 @@ def run_selector(run_id: str | None) -> str:
     return f"{RUN_LABEL}={run_id}" if run_id else RUN_LABEL
 
 
+def pod_selector(run_id: str | None) -> str:
+    """Label selector of one run's stage pods (the chart labels them with the run, as their Jobs)."""
+    return run_selector(run_id)
+
+
 def specs_selector(run_id: str | None) -> str:
     """Label selector of one run's spec ConfigMap (or every run's)."""
     return f"{run_selector(run_id)},{COMPONENT_LABEL}={SPECS_COMPONENT}"
@@ -194,6 +221,8 @@ class JobView:
     annotations: Mapping[str, str] = field(default_factory=dict)
     suspended: bool = False
     active: int = 0
+    #: pods of the Job that run and are ready (``status.ready``)
+    ready: int = 0
     complete: bool = False
     failed: bool = False
     failure: str = ""  # reason: message of the Failed condition
@@ -237,12 +266,68 @@ def job_view(obj: Mapping[str, Any]) -> JobView:
         annotations=dict(meta.get("annotations") or {}),
         suspended=bool(spec.get("suspend")),
         active=int(status.get("active") or 0),
+        ready=int(status.get("ready") or 0),
         complete=_condition_true(status, "Complete") is not None,
         failed=failed is not None,
         failure=failure,
         start_time=_parse_time(status.get("startTime")),
         completion_time=_parse_time(status.get("completionTime")),
     )
+
+
+@dataclass(frozen=True)
+class PodView:
+    """The parts of a stage pod the decision needs: its Job, index, phase and any disruption."""
+
+    name: str
+    job: str
+    phase: str = "Pending"
+    index: str = ""  # completion index of an Indexed Job's pod, "" otherwise
+    #: why Kubernetes disrupted the pod ("reason: message"), "" when it was not
+    disruption: str = ""
+
+
+def pod_view(obj: Mapping[str, Any]) -> PodView:
+    """A ``PodView`` of a pod as the API returns it; its Job comes from the Job controller's label or
+    from its controller owner reference."""
+    meta = obj.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    status = obj.get("status") or {}
+    job = labels.get(JOB_NAME_LABEL) or labels.get("job-name") or next(
+        (o.get("name", "") for o in meta.get("ownerReferences") or () if o.get("kind") == "Job" and o.get("controller")),
+        "")
+    index = labels.get(COMPLETION_INDEX_LABEL) or (meta.get("annotations") or {}).get(COMPLETION_INDEX_LABEL) or ""
+    phase = str(status.get("phase") or "Pending")
+    disruption = ""
+    cond = _condition_true(status, DISRUPTION_TARGET)
+    if cond is not None:
+        disruption = ": ".join(p for p in (cond.get("reason") or DISRUPTION_TARGET, cond.get("message")) if p)
+    elif phase == "Failed" and status.get("reason") == "Evicted":  # a kubelet older than 1.26
+        disruption = ": ".join(p for p in ("Evicted", status.get("message")) if p)
+    return PodView(str(meta.get("name", "")), str(job), phase, str(index), disruption)
+
+
+def disruption_of(job: JobView, pods: Iterable[PodView]) -> str:
+    """Why a pod of ``job`` was disrupted ("pod <name>: <reason>: <message>"), for the first completion
+    index that has a disrupted pod (terminating or terminated) and no other pod running or succeeded;
+    "" when there is none."""
+    by_index: dict[str, list[PodView]] = {}
+    for pod in pods:
+        if pod.job == job.name:
+            by_index.setdefault(pod.index, []).append(pod)
+    for index in sorted(by_index):
+        group = by_index[index]
+        if any(p.phase in ("Running", "Succeeded") and not p.disruption for p in group):
+            continue
+        disrupted = next((p for p in sorted(group, key=lambda p: p.name) if p.disruption), None)
+        if disrupted is not None:
+            return f"pod {disrupted.name}: {disrupted.disruption}"
+    return ""
+
+
+def runs_a_pod(job: JobView, pods: Iterable[PodView]) -> bool:
+    """A pod of ``job`` runs: the Job counts a ready pod, or one of its pods is in phase Running."""
+    return job.ready > 0 or any(p.job == job.name and p.phase == "Running" and not p.disruption for p in pods)
 
 
 @dataclass(frozen=True)
@@ -319,6 +404,8 @@ class Observed:
     published: frozenset[str] = frozenset()
     events: frozenset[EventKey] = frozenset()
     source: SpecSource | None = None
+    #: the run's stage pods; None when they could not be listed (disruptions are then not seen)
+    pods: tuple[PodView, ...] | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -336,6 +423,8 @@ class StagePlan:
     #: upstream steps not satisfied yet, each with why
     blocked_by: tuple[tuple[str, str], ...] = ()
     spec: StageSpec | None = None
+    #: preempted while not suspended: which pod was disrupted and why ("" otherwise)
+    disruption: str = ""
 
     @property
     def job_name(self) -> str:
@@ -406,16 +495,24 @@ def _problems(job: JobView) -> tuple[list[str], int, tuple[str, ...]]:
     return problems, order, deps
 
 
-def _job_state(job: JobView, published: frozenset[str], recorded_failed: set[str]) -> StageState:
+def _job_state(job: JobView, published: frozenset[str], recorded_failed: set[str],
+               pods: tuple[PodView, ...] | None) -> tuple[StageState, str]:
+    """The stage state of ``job``, and (when preempted by a disruption) which pod was disrupted."""
     if job.failed or (job.stage in recorded_failed and not job.complete):
-        return StageState.FAILED
+        return StageState.FAILED, ""
     if job.complete:
-        return StageState.PUBLISHED if job.stage in published else StageState.COMPLETE
+        return (StageState.PUBLISHED if job.stage in published else StageState.COMPLETE), ""
+    recorded = job.annotations.get(STAGE_STATE_ANNOTATION)
     if job.suspended:
         # suspended by its queue: before it ever ran it waits, after it ran it was preempted
-        recorded = job.annotations.get(STAGE_STATE_ANNOTATION)
-        return StageState.PREEMPTED if recorded in _WAS_RUNNING else StageState.QUEUED
-    return StageState.RUNNING
+        return (StageState.PREEMPTED if recorded in _WAS_RUNNING else StageState.QUEUED), ""
+    if pods is not None:
+        disruption = disruption_of(job, pods)
+        if disruption:
+            return StageState.PREEMPTED, disruption
+        if recorded == StageState.PREEMPTED and not runs_a_pod(job, pods):
+            return StageState.PREEMPTED, ""  # the disrupted pod is gone, its replacement does not run yet
+    return StageState.RUNNING, ""
 
 
 def plan(observed: Observed) -> Plan:
@@ -448,7 +545,8 @@ def plan(observed: Observed) -> Plan:
     # A failure recorded in the annotations outlives the failed Job (ttlSecondsAfterFinished).
     recorded_failed = {j.annotations.get(FAILED_STAGE_ANNOTATION, "") for j, _, _ in valid
                        if j.annotations.get(RUN_STATE_ANNOTATION) == RunState.FAILED} - {""}
-    states = {j.stage: _job_state(j, observed.published, recorded_failed) for j, _, _ in valid}
+    judged = {j.stage: _job_state(j, observed.published, recorded_failed, observed.pods) for j, _, _ in valid}
+    states = {stage: state for stage, (state, _) in judged.items()}
     for s in spec_only:
         states[s.step] = (StageState.PUBLISHED if s.step in observed.published
                           else StageState.FAILED if s.step in recorded_failed else StageState.PENDING)
@@ -481,7 +579,8 @@ def plan(observed: Observed) -> Plan:
         if failed_stage is not None and state in (StageState.PENDING, StageState.QUEUED):
             state = StageState.SKIPPED
         waits = tuple((d, why) for d in deps if (why := blocked(d)) is not None)
-        stages.append(StagePlan(stage, job, order, deps, state, waits, specs.get(stage)))
+        disruption = judged[stage][1] if stage in judged and state is StageState.PREEMPTED else ""
+        stages.append(StagePlan(stage, job, order, deps, state, waits, specs.get(stage), disruption))
 
     if failed_stage is not None:
         run_state: RunState | None = RunState.FAILED
@@ -631,6 +730,12 @@ def plan_and_decide(observed: Observed) -> tuple[Plan, list[Action]]:
                 events.append(_event(sp, Reason.STAGE_QUEUED, EventType.NORMAL,
                                      f"stage {sp.stage} waits for admission: Job {name} is suspended by its queue "
                                      "(Kueue) or another scheduler, which owns spec.suspend"))
+            elif state is StageState.PREEMPTED and not sp.job.suspended:
+                preemptions += 1
+                why = sp.disruption or f"a pod of Job {name} was disrupted"
+                events.append(_event(sp, Reason.STAGE_PREEMPTED, EventType.NORMAL,
+                                     f"stage {sp.stage} was stopped while running (preemption {preemptions}: "
+                                     f"{why}); it resumes from its newest checkpoint when a new pod runs"))
             elif state is StageState.PREEMPTED:
                 preemptions += 1
                 events.append(_event(sp, Reason.STAGE_PREEMPTED, EventType.NORMAL,

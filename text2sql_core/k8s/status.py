@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from .decide import Observed, RunState, StageState, job_view, plan
+from .decide import Observed, RunState, StageState, job_view, plan, pod_view
 
 __all__ = ["RunStatus", "StepStatus", "collect_status", "format_status", "key_metrics", "newest_checkpoint"]
 
@@ -87,10 +87,12 @@ def newest_checkpoint(store: Any, run_id: str, step: str) -> int | None:
 
 
 def collect_status(run_id: str, store: Any, *, steps: Sequence[str],
-                   jobs: Sequence[Mapping[str, Any]] | None = None, now: datetime | None = None) -> RunStatus:
+                   jobs: Sequence[Mapping[str, Any]] | None = None,
+                   pods: Sequence[Mapping[str, Any]] | None = None, now: datetime | None = None) -> RunStatus:
     """The status of ``run_id``: ``steps`` in order (plus any other stage a Job renders).
 
-    ``jobs`` are the run's Jobs as API JSON, or None when no cluster is reachable.
+    ``jobs`` are the run's Jobs as API JSON, or None when no cluster is reachable; ``pods`` its
+    stage pods, or None when they cannot be read (a disrupted stage then reads as running).
     """
     now = now or datetime.now(UTC)
     from_store = {s: _store_state(store, run_id, s) for s in steps}
@@ -110,7 +112,8 @@ def collect_status(run_id: str, store: Any, *, steps: Sequence[str],
     for stage in extra:
         from_store[stage] = _store_state(store, run_id, stage)
     published = frozenset(s for s, (st, *_rest) in from_store.items() if st == StageState.PUBLISHED)
-    p = plan(Observed(run_id, views, published))
+    pod_views = None if pods is None else tuple(pod_view(p) for p in pods)
+    p = plan(Observed(run_id, views, published, pods=pod_views))
     rows = []
     for step, (st, duration, metrics, note) in from_store.items():
         sp = p.stage(step)
@@ -131,7 +134,11 @@ def collect_status(run_id: str, store: Any, *, steps: Sequence[str],
         elif sp.state is StageState.PREEMPTED:
             newest = newest_checkpoint(store, run_id, step)
             resume = f"step {newest}" if newest is not None else "the start (no checkpoint yet)"
-            note = (f"preempted {sp.preemptions}x: resumes from {resume} when admitted again")
+            if sp.job.suspended:
+                note = f"preempted {sp.preemptions}x: resumes from {resume} when admitted again"
+            else:  # a pod was disrupted (eviction, node drain, scheduler preemption)
+                why = sp.disruption or "pod disrupted, its replacement does not run yet"
+                note = f"preempted {sp.preemptions}x ({why}): resumes from {resume} when a new pod runs"
         elif sp.blocked_by and sp.state in (StageState.PENDING, StageState.SKIPPED):
             note = "waits for " + ", ".join(dep for dep, _ in sp.blocked_by)
         rows.append(StepStatus(step, str(sp.state), duration, metrics, job=sp.job.name, note=note))

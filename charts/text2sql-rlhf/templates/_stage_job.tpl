@@ -15,8 +15,8 @@ run chained by hand). Arguments: dict root step (an entry of text2sql-rlhf.steps
 {{- if and (gt $nodes 1) (lt $gpus 1) }}
 {{- fail (printf "stages.%s.nodes is %d but gpus is %d: a multi-node step needs gpus >= 1 (torchrun runs one process per GPU)" $stepName $nodes $gpus) }}
 {{- end }}
-{{- /* evaluate and prepare are one CPU process */}}
-{{- if and (has $step.kind (list "evaluate" "prepare")) (or (gt $gpus 1) (gt $nodes 1)) }}
+{{- /* evaluate and prepare are one CPU process; export merges on one process */}}
+{{- if and (has $step.kind (list "evaluate" "prepare" "export")) (or (gt $gpus 1) (gt $nodes 1)) }}
 {{- fail (printf "stages.%s: the %s stage runs in one process, never under torchrun (gpus %d, nodes %d): set gpus <= 1 and nodes <= 1" $stepName $step.kind $gpus $nodes) }}
 {{- end }}
 {{- $jobName := include "text2sql-rlhf.jobName" (dict "root" $root "step" $stepName "nodes" $nodes) }}
