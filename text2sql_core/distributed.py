@@ -22,6 +22,7 @@ or hangs fails with :class:`PeerLost` instead of waiting forever.
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -163,8 +164,22 @@ def init() -> World:
                            f"({os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}): {exc}") from exc
         _PATIENT = dist.new_group(backend="gloo",
                                   timeout=timedelta(seconds=_seconds(PUBLISH_TIMEOUT_ENV, DEFAULT_PUBLISH_TIMEOUT_S)))
+        atexit.register(_leave)
     _WORLD = w
     return w
+
+
+def _leave() -> None:
+    """Tear the process group down before the interpreter does: exiting with gloo's threads still
+    attached aborts the process ("terminate called without an active exception", exit -6) after the
+    step has already succeeded."""
+    import torch.distributed as dist
+
+    try:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    except Exception:  # noqa: BLE001 - best effort at exit; the step's outcome is already decided
+        pass
 
 
 def world() -> World:

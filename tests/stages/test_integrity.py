@@ -114,3 +114,51 @@ def test_second_runner_of_a_live_step_exits_1_naming_the_holder(tmp_path: Path) 
     assert r.returncode == 1, r.stderr[-2000:]
     assert "another runner holds this step: pod first-runner" in r.stderr
     assert store.list("runs/t1/sft") == []  # nothing published, no lease left
+
+
+_SWALLOWING_RUNNER = r"""
+import sys, time
+from pathlib import Path
+from text2sql_core.config import RunConfig
+from text2sql_core.stages.base import Stage, run_step
+from text2sql_core.stages.prepare import PrepareConfig
+
+def run_prepare(ctx):
+    Path(sys.argv[2]).write_text("running")
+    while True:  # a SystemExit swallowed where a finalizer caught it: the step would go on as an orphan
+        try:
+            time.sleep(0.05)
+        except SystemExit:
+            pass
+
+cfg = RunConfig.model_validate_json(Path(sys.argv[1]).read_text())
+run_step(cfg, "prepare", registry={"prepare": Stage("prepare", PrepareConfig, run_prepare)})
+"""
+
+
+def test_sigterm_ends_a_runner_that_swallows_the_exit_and_frees_the_lease(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from text2sql_core.store.lease import LEASE_NAME
+
+    cfg = _cfg(tmp_path)
+    (tmp_path / "cfg.json").write_text(cfg.model_dump_json())
+    started = tmp_path / "started"
+    proc = subprocess.Popen([sys.executable, "-c", _SWALLOWING_RUNNER, str(tmp_path / "cfg.json"), str(started)],
+                            env={**os.environ, "T2S_TERM_GRACE_S": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while not started.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "the runner never started its stage"
+            time.sleep(0.05)
+        store = open_store(cfg.store)
+        assert store.exists(f"runs/t1/prepare/{LEASE_NAME}")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+    assert not store.exists(f"runs/t1/prepare/{LEASE_NAME}"), "the hard exit left the lease behind"

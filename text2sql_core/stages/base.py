@@ -223,6 +223,9 @@ def _seed_everything(seed: int) -> None:
 class _RankLease:
     """The lease of a torchrun rank other than 0: rank 0 holds the step's lease for the whole launch."""
 
+    def release(self) -> None:
+        return None
+
     def check(self) -> None:
         return None
 
@@ -233,14 +236,34 @@ class _RankLease:
         return None
 
 
+#: seconds a SIGTERM'd runner gets to unwind before it releases its lease and exits hard
+TERM_GRACE_S = 20.0
+
+
 @contextmanager
-def _sigterm_exits() -> Iterator[None]:
-    """SIGTERM (pod deletion, the pipeline's death) unwinds like an exception: the lease is released."""
+def _sigterm_exits(release: Callable[[], None] | None = None) -> Iterator[None]:
+    """SIGTERM (pod deletion, the pipeline's death) unwinds like an exception: the lease is released.
+
+    A ``SystemExit`` raised by the handler can be swallowed when the signal lands inside a finalizer
+    (``__del__`` and GC callbacks ignore exceptions), and the runner would go on training as an orphan.
+    So the handler also arms a timer: if the process is still alive ``T2S_TERM_GRACE_S`` (default
+    :data:`TERM_GRACE_S`) seconds later, it releases the lease and exits with 143 without further unwinding.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
+    def _hard_exit() -> None:
+        if release is not None:
+            release()
+        os._exit(128 + signal.SIGTERM)
+
     def _exit(signum: int, _frame: object) -> None:
+        if not getattr(_exit, "armed", False):
+            _exit.armed = True  # type: ignore[attr-defined]
+            timer = threading.Timer(float(os.environ.get("T2S_TERM_GRACE_S", TERM_GRACE_S)), _hard_exit)
+            timer.daemon = True
+            timer.start()
         raise SystemExit(128 + signum)
 
     previous = signal.signal(signal.SIGTERM, _exit)
@@ -298,7 +321,7 @@ def run_step(run_config: RunConfig, step_name: str, *, force: bool = False, base
     lease: StepLease | _RankLease = (
         StepLease(store, prefix, ttl_s=run_config.store.lease_ttl_s, heartbeat_s=run_config.store.lease_heartbeat_s)
         if world.is_main else _RankLease())
-    with _sigterm_exits(), lease:
+    with _sigterm_exits(lease.release), lease:
         existing = read_manifest(store, prefix)  # another runner may have published while we waited
         meanwhile = existing is not None and existing.config_hash == digest and not force
         published = distributed.broadcast_object(existing if meanwhile else None)  # rank 0 decides for all
