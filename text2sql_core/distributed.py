@@ -23,6 +23,7 @@ or hangs fails with :class:`PeerLost` instead of waiting forever.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -175,11 +176,10 @@ def _leave() -> None:
     step has already succeeded."""
     import torch.distributed as dist
 
-    try:
+    # best effort at exit: the step's outcome is already decided
+    with contextlib.suppress(Exception):
         if dist.is_initialized():
             dist.destroy_process_group()
-    except Exception:  # noqa: BLE001 - best effort at exit; the step's outcome is already decided
-        pass
 
 
 def world() -> World:

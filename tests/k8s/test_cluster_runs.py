@@ -211,8 +211,10 @@ def test_an_evicted_sft_pod_shows_preempted_and_its_replacement_resumes(cluster)
 
     run.wait(lambda: run.job("sft")["metadata"]["annotations"].get(STAGE_STATE_ANNOTATION) == "preempted",
              "sft recorded preempted", timeout=60)
-    run.wait(lambda: run.kubelet.logs(sft_name) and evicted.proc.poll() is not None, "the evicted pod to end",
-             timeout=60)
+    # the process ends first; the kubelet records phase Failed on its next pass
+    run.wait(lambda: run.kubelet.logs(sft_name) and evicted.proc.poll() is not None
+             and run.apiserver.get_object("pods", NAMESPACE, evicted.name)["status"].get("phase") in ("Succeeded", "Failed"),
+             "the evicted pod to end", timeout=60)
     (ev,) = run.run_events("StagePreempted")
     assert f"pod {evicted.name}: {EVICTION_REASON}" in ev["message"] and ev["type"] == "Normal"
     evicted_obj = run.apiserver.get_object("pods", NAMESPACE, evicted.name)

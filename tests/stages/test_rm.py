@@ -42,17 +42,9 @@ RM_ACCURACY_TARGET = 0.85
 RM_HELD_OUT_FLOOR = 0.82
 
 
-@pytest.mark.slow
-def test_reward_model_ranks_held_out_pairs(rm_well_run):  # noqa: F811
-    """The reward model on the well-trained policy: pairs of its own wrong samples (values copied from the
-    question, as predict decodes) and, where it made none, verified perturbations of gold."""
-    metrics = rm_well_run.metrics["rm"]
-    assert metrics["eval_pairs"] >= 200
-    assert metrics["eval_accuracy"] >= RM_HELD_OUT_FLOOR, metrics
-    assert metrics["train_accuracy"] >= RM_ACCURACY_TARGET, metrics
-    # the policy's own mistakes are among the held-out pairs and are ranked better than chance
-    assert metrics["eval_accuracy_model"] > 0.5, metrics
-    rm_dir = rm_well_run.step_dir("rm")
+def _check_published(run, metrics) -> None:
+    """What the rm step published: lineage to the policy, the adapter, a falling loss curve, held-out by origin."""
+    rm_dir = run.step_dir("rm")
     info = json.loads((rm_dir / "reward_model.json").read_text())
     assert info["policy_step"] == "sft" and info["policy"]["step"] == "sft"
     assert (rm_dir / "adapter" / "adapter_config.json").is_file()
@@ -65,13 +57,29 @@ def test_reward_model_ranks_held_out_pairs(rm_well_run):  # noqa: F811
 
 
 @pytest.mark.slow
+def test_reward_model_ranks_held_out_pairs(rm_well_run):  # noqa: F811
+    """The quality target (``make test-quality``): the reward model on the well-trained policy: pairs of its
+    own wrong samples (values copied from the question, as predict decodes) and, where it made none,
+    verified perturbations of gold."""
+    metrics = rm_well_run.metrics["rm"]
+    assert metrics["eval_pairs"] >= 200
+    assert metrics["eval_accuracy"] >= RM_HELD_OUT_FLOOR, metrics
+    assert metrics["train_accuracy"] >= RM_ACCURACY_TARGET, metrics
+    # the policy's own mistakes are among the held-out pairs and are ranked better than chance
+    assert metrics["eval_accuracy_model"] > 0.5, metrics
+    _check_published(rm_well_run, metrics)
+
+
+@pytest.mark.slow
 def test_reward_model_of_the_undertrained_policy_fits_its_pairs(rm_run):  # noqa: F811
-    """PPO's critic starts here. On the under-trained policy's pairs (7 in 10 samples are wrong, mostly a
-    column its table lacks) the tiny reward model reaches held-out 0.58 in 120 steps, 0.68 with 1200
-    prompts and 600 steps: it learns, but the 0.85 target is met only on the well-trained policy's pairs."""
+    """PPO's critic starts here. On the under-trained policy's pairs (3 in 4 samples are wrong, mostly a
+    column its table lacks) the tiny reward model reaches held-out 0.77 (train 0.75) in 120 steps: it
+    learns; the 0.85 target is for the well-trained policy's pairs (``make test-quality``)."""
     metrics = rm_run.metrics["rm"]
     assert metrics["train_accuracy"] >= 0.7, metrics
-    assert metrics["eval_accuracy"] >= 0.5, metrics
+    assert metrics["eval_accuracy"] >= 0.65, metrics
+    assert metrics["eval_accuracy_model"] > 0.5, metrics
+    _check_published(rm_run, metrics)
 
 
 @pytest.mark.slow

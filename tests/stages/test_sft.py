@@ -20,7 +20,7 @@ from text2sql_core.models.loading import read_model_ref
 from text2sql_core.stages.base import run_step
 from text2sql_core.stages.sft import read_flat_pairs
 
-from ..training_fixtures import SFT_WELL_TRAINED, TrainedRun
+from ..training_fixtures import SFT_UNDERTRAINED, SFT_WELL_TRAINED, TrainedRun
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -35,21 +35,32 @@ def _jsonl(path: Path) -> list[dict]:
 EX_FLOOR = 0.8
 
 
-@pytest.mark.slow
-def test_sft_from_scratch_learns_the_demo(sft_trained: TrainedRun, tmp_path: Path) -> None:
-    sft = sft_trained.sft_dir
-    # what the step published: full weights for a from-scratch model, lineage, loss log and curve
+def _check_published(trained: TrainedRun, settings: dict, loss_drop: float) -> None:
+    """What the sft step published: full weights for a from-scratch model, lineage, loss log and curve."""
+    sft = trained.sft_dir
     ref = read_model_ref(sft)
     assert ref.base.source == "step" and ref.base.dir == "model" and ref.adapters == []
     assert (sft / "model" / "config.json").is_file() and (sft / "model" / "tokenizer.json").is_file()
     log = _jsonl(sft / "loss_log.jsonl")
-    assert [r["step"] for r in log] == list(range(SFT_WELL_TRAINED["logging_steps"], SFT_WELL_TRAINED["max_steps"] + 1,
-                                                  SFT_WELL_TRAINED["logging_steps"]))
-    assert log[-1]["loss"] < log[0]["loss"] / 5
+    assert [r["step"] for r in log] == list(range(settings["logging_steps"], settings["max_steps"] + 1,
+                                                  settings["logging_steps"]))
+    assert log[-1]["loss"] < log[0]["loss"] / loss_drop, (log[0], log[-1])
     assert (sft / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     metrics = json.loads((sft / "_manifest.json").read_text())["metrics"]
-    assert metrics["steps"] == metrics["optimizer_step"] == SFT_WELL_TRAINED["max_steps"]
+    assert metrics["steps"] == metrics["optimizer_step"] == settings["max_steps"]
 
+
+@pytest.mark.slow
+def test_sft_publishes_its_model_lineage_and_a_falling_loss_curve(sft_undertrained: TrainedRun) -> None:
+    """The session's under-trained policy (600 steps; what the RL tests start from, and their
+    ``dev_execution_accuracy_before`` checks that it already gets part of the dev split right)."""
+    _check_published(sft_undertrained, SFT_UNDERTRAINED, loss_drop=3)
+
+
+@pytest.mark.slow
+def test_sft_from_scratch_learns_the_demo(sft_trained: TrainedRun, tmp_path: Path) -> None:
+    """The quality target (``make test-quality``): 1500 steps reach EX 0.8 on the held-out dev split."""
+    _check_published(sft_trained, SFT_WELL_TRAINED, loss_drop=5)
     cfg = sft_trained.clone(tmp_path)
     run_step(cfg, "predict_sft")
     outcome = run_step(cfg, "evaluate_sft")
