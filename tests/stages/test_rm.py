@@ -42,8 +42,9 @@ RM_ACCURACY_TARGET = 0.85
 RM_HELD_OUT_FLOOR = 0.82
 
 
-def _check_published(run, metrics) -> None:
+def _check_published(run) -> None:
     """What the rm step published: lineage to the policy, the adapter, a falling loss curve, held-out by origin."""
+    metrics = run.metrics["rm"]
     rm_dir = run.step_dir("rm")
     info = json.loads((rm_dir / "reward_model.json").read_text())
     assert info["policy_step"] == "sft" and info["policy"]["step"] == "sft"
@@ -67,7 +68,7 @@ def test_reward_model_ranks_held_out_pairs(rm_well_run):  # noqa: F811
     assert metrics["train_accuracy"] >= RM_ACCURACY_TARGET, metrics
     # the policy's own mistakes are among the held-out pairs and are ranked better than chance
     assert metrics["eval_accuracy_model"] > 0.5, metrics
-    _check_published(rm_well_run, metrics)
+    _check_published(rm_well_run)
 
 
 @pytest.mark.slow
@@ -79,7 +80,7 @@ def test_reward_model_of_the_undertrained_policy_fits_its_pairs(rm_run):  # noqa
     assert metrics["train_accuracy"] >= 0.7, metrics
     assert metrics["eval_accuracy"] >= 0.65, metrics
     assert metrics["eval_accuracy_model"] > 0.5, metrics
-    _check_published(rm_run, metrics)
+    _check_published(rm_run)
 
 
 @pytest.mark.slow
