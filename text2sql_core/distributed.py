@@ -52,6 +52,7 @@ __all__ = [
     "shard",
     "shard_indices",
     "split_batch",
+    "token_share",
     "wait_for_main",
     "world",
 ]
@@ -285,6 +286,17 @@ def all_reduce_sum(values: dict[str, float]) -> dict[str, float]:
     t = _reduce_tensor(torch.tensor([float(values[k]) for k in keys], dtype=torch.float64), "sum")
     summed = dict(zip(keys, t.tolist(), strict=True))
     return {k: float(summed[k]) for k in values}  # in the caller's order, as in one process
+
+
+def token_share(tokens: float, w: World | None = None) -> float:
+    """This rank's ``tokens`` over the ranks' mean count: the factor that turns a rank's token-mean loss
+    into its share of the global token mean (averaged over the ranks: the one-process mean). 1.0 in
+    one process; one collective."""
+    w = w or world()
+    if not w.distributed:
+        return 1.0
+    total = all_reduce_sum({"tokens": float(tokens)})["tokens"]
+    return float(tokens) * w.size / total if total > 0 else 0.0
 
 
 def all_reduce_mean(values: dict[str, float], weight: float = 1.0) -> dict[str, float]:

@@ -1,8 +1,9 @@
 """PPO on 2 gloo ranks: each rank rolls out its share of the step's prompts, and the ranks stay one model.
 
-Rollouts are sampled, so two ranks do not draw the samples one process draws; what must hold
-exactly is the rank rules: disjoint prompt shares that make up the global batch, one set of weights
-on every rank after every update (gradients all-reduced), the same global metrics logged everywhere.
+The rank rules: disjoint prompt shares that make up the global batch, one set of weights on every
+rank after every update (gradients all-reduced), the same global metrics logged everywhere. That the
+2-rank steps are the 1-rank steps (per-row seeded sampling) is tested on the stage, in
+``tests/stages/test_distributed_runs.py``.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.stages.rl_runs import rm_run  # noqa: F401  (a fixture)
 from text2sql_core.config import RunConfig
 from text2sql_core.graph import STEPS
 from text2sql_core.stages.base import run_step
@@ -397,4 +398,38 @@ def test_dpo_on_two_ranks_takes_the_one_rank_steps(one_rank: Path, demo_data_dir
                                   "rewards_rejected", "logp_chosen", "logp_rejected", "grad_norm",
                                   "eval_accuracy", "eval_margin"), steps=2)
     assert a[1]["margin"] != 0.0
+    _assert_published_once(out, step, checkpoints=[1])
+
+
+#: PPO: 2 steps of 4 prompts (2 per rank) in one global mini-batch, the hybrid reward (the frozen reward
+#: model's score and execution), whitened advantages (global statistics), no critic warm-up (the actor
+#: trains at step 1, so step 2's samples follow an update from all-reduced gradients)
+PPO_RANKS = {"max_steps": 2, "batch_size": 4, "mini_batch_size": 4, "max_new_tokens": 24, "train_prompts": 16,
+             "reward": {"mode": "hybrid"}, "critic_warmup_steps": 0, "actor_learning_rate": 1e-2,
+             "eval_train_prompts": 4, "eval_dev_prompts": 0, "eval_batch_size": 2, "save_steps": 1,
+             "logging_steps": 1, "num_threads": 1}
+
+
+def test_ppo_on_two_ranks_takes_the_one_rank_steps(rm_run, tmp_path: Path) -> None:  # noqa: F811
+    one = _with_algorithm(rm_run.clone(tmp_path / "one"), "ppo", PPO_RANKS)
+    two = _with_algorithm(rm_run.clone(tmp_path / "two"), "ppo", PPO_RANKS)
+    step = _rl_step(one)
+    run_step(one, step)
+    r, out = _two_ranks(_write(two, tmp_path / "two.yaml"), step)
+    assert r.returncode == 0, out[-4000:]
+
+    a = _rl_log(tmp_path / "one" / "store", one.run_id, step, "ppo")
+    b = _rl_log(tmp_path / "two" / "store", two.run_id, step, "ppo")
+    # per-row seeded sampling: each rank's responses are the ones one process samples; the token-mean losses
+    # carry each rank's share of the mini-batch's tokens: rewards, KL, values, losses and entropy of both
+    # steps are the 1-rank values (step 2 after one update of actor and critic from all-reduced gradients)
+    _assert_rl_ranks_match(a, b, ("reward", "reward_rm", "reward_execution", "exec_match", "kl", "response_length",
+                                  "value_mean", "policy_loss", "value_loss", "entropy", "approx_kl",
+                                  "clip_fraction"), steps=2)
+    assert a[1]["kl"] > 0.1 and a[1]["reward"] != a[0]["reward"]  # the actor moved after step 1
+    # the greedy answers after: the 1-rank ones (every rank evaluates them all)
+    evals = [json.loads((tmp_path / n / "store" / "runs" / one.run_id / step / "eval.json").read_text())
+             for n in ("one", "two")]
+    for when in ("before", "after"):
+        assert evals[1][when]["train"] == pytest.approx(evals[0][when]["train"], rel=RANKS_REL), when
     _assert_published_once(out, step, checkpoints=[1])

@@ -14,11 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .. import distributed
+
 if TYPE_CHECKING:  # pragma: no cover
     from .constrained import TokenConstraints
 
 __all__ = ["PromptExample", "SeededRowSampler", "decode_responses", "examples_from_rows", "prompt_batch",
-           "response_mask", "row_seed", "sample_responses"]
+           "response_mask", "row_seed", "sample_responses", "step_row_seeds"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,18 @@ def response_mask(responses: torch.Tensor, eos_token_id: int) -> torch.Tensor:
 def row_seed(seed: int, step: int, row: int) -> int:
     """The seed of one sampled row: its run seed, training step and place in the step's global batch."""
     return ((seed * 1_000_003 + step) * 1_000_003 + row) % (2**63 - 1)
+
+
+def step_row_seeds(seed: int, step: int, batch_size: int, rows: int, world: Any = None, per_prompt: int = 1
+                   ) -> list[int]:
+    """The seeds of this rank's ``rows`` samples of ``step``, by their places in the step's global batch.
+
+    The global batch is ``batch_size`` prompts of ``per_prompt`` samples each; this rank holds its share
+    of the prompts (:func:`text2sql_core.distributed.shard_indices`), so on any number of ranks a sample
+    gets the seed it gets in one process.
+    """
+    first = distributed.shard_indices(batch_size, world or distributed.world()).start * per_prompt
+    return [row_seed(seed, step, first + r) for r in range(rows)]
 
 
 def _nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:

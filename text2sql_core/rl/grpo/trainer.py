@@ -52,7 +52,7 @@ from ..adapter_trainer import AdapterTrainer
 from ..losses import group_advantages, grpo_loss
 from ..packing import PackedGroup, pack_rows, response_logprobs
 from ..rewards import ExecutionJudge, RewardFunctions, Verdict
-from ..rollout import PromptExample, decode_responses, prompt_batch, row_seed, sample_responses
+from ..rollout import PromptExample, decode_responses, prompt_batch, sample_responses, step_row_seeds
 from .config import GRPOConfig
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -115,9 +115,8 @@ class GRPOTrainer(AdapterTrainer):
 
     def row_seeds(self, rows: int, step: int | None = None) -> list[int]:
         """The sampling seeds of this rank's ``rows`` completions of ``step``: by place in the global batch."""
-        first = distributed.shard_indices(self.cfg.batch_size, self.world).start * self.cfg.num_generations
         step = self.global_step if step is None else step
-        return [row_seed(self.seed, step, first + r) for r in range(rows)]
+        return step_row_seeds(self.seed, step, self.cfg.batch_size, rows, self.world, self.cfg.num_generations)
 
     def score(self, examples: Sequence[PromptExample], texts: Sequence[str]) -> tuple[torch.Tensor, dict[str, float]]:
         """The weighted reward terms of each completion, and each term's mean."""

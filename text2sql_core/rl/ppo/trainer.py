@@ -19,7 +19,10 @@ over mini-batches. All tensors of a rollout are ``(batch, response_length)``: po
 ``i``-th response token, ``mask`` marks real tokens (up to and including EOS), padding is masked out.
 
 Under torchrun (:mod:`text2sql_core.distributed`) ``batch_size`` and ``mini_batch_size`` are global:
-each rank rolls out and scores its share of the step's prompts, advantages are whitened with the
+each rank rolls out and scores its share of the step's prompts, each response sampled from its own
+generator seeded by the run seed, the step and the row's place in the global batch
+(:class:`~text2sql_core.rl.rollout.SeededRowSampler`, as GRPO samples), so the rollouts are those of
+one process; advantages are whitened with the
 statistics of all ranks, actor and critic gradients are averaged over the ranks, and the logged
 metrics are global means. In one process all of this is the identity.
 """
@@ -60,7 +63,7 @@ from ..losses import (
 )
 from ..packing import PackedGroup, head_outputs, pack_rows, response_logprobs
 from ..rewards import ExecutionJudge, RewardFunctions, Verdict, terms_for_mode
-from ..rollout import PromptExample, decode_responses, prompt_batch, sample_responses
+from ..rollout import PromptExample, decode_responses, prompt_batch, sample_responses, step_row_seeds
 from .config import PPOConfig
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -227,7 +230,8 @@ class PPOTrainer:
             responses, mask, constraints = sample_responses(
                 self.actor, tok, enc["input_ids"], enc["attention_mask"], max_new_tokens=cfg.max_new_tokens,
                 temperature=cfg.temperature, top_p=cfg.top_p,
-                copy_from=[e.prompt for e in examples] if cfg.copy_values else None)
+                copy_from=[e.prompt for e in examples] if cfg.copy_values else None,
+                row_seeds=step_row_seeds(self.seed, self.global_step, cfg.batch_size, len(examples), self.world))
         prompt_tokens = [row[m.bool()].tolist() for row, m in zip(enc["input_ids"], enc["attention_mask"],
                                                                    strict=True)]
         fmask = mask.float()
@@ -250,7 +254,8 @@ class PPOTrainer:
             "reward": float(scores.mean()),
             "kl": float((kl * fmask).sum(1).mean()),
             "response_length": float(fmask.sum(1).mean()),
-            "value_mean": float(masked_mean(values, fmask)),
+            # a token mean: scaled to this rank's share, so the mean over the ranks is the global one
+            "value_mean": float(masked_mean(values, fmask)) * distributed.token_share(float(fmask.sum()), self.world),
         })
         stats = distributed.all_reduce_mean(stats, weight=float(len(examples)))  # global: one value per step
         return Rollout(list(examples), prompt_tokens, responses, fmask, texts, old_logprobs, ref_logprobs, values,
@@ -279,25 +284,28 @@ class PPOTrainer:
         for _ in range(cfg.ppo_epochs):
             for index, groups, constraints in batches:
                 m = ro.mask.index_select(0, index)
+                # the losses are token means: each rank's carries its share of the global mini-batch's tokens,
+                # so the gradients averaged over the ranks (and the logged means) are the one-process ones
+                share = distributed.token_share(float(m.sum()), self.world)
                 with torch.set_grad_enabled(train_actor):
                     logprobs, entropy = response_logprobs(self.actor, groups, cfg.temperature, with_entropy=True,
                                                           constraints=constraints)
                     pl = policy_loss(logprobs, ro.old_logprobs.index_select(0, index),
                                      ro.advantages.index_select(0, index), m, cfg.clip_range)
                 if train_actor:
-                    self._optimise(pl.loss, self.actor_engine, self.actor_opt, self.actor_params)
+                    self._optimise(pl.loss * share, self.actor_engine, self.actor_opt, self.actor_params)
 
                 values = head_outputs(self.critic, groups)[:, :-1]
                 vl = value_loss(values, ro.values.index_select(0, index), ro.returns.index_select(0, index), m,
                                 cfg.clip_range_value)
-                self._optimise(vl.loss, self.critic_engine, self.critic_opt, self.critic_params)
+                self._optimise(vl.loss * share, self.critic_engine, self.critic_opt, self.critic_params)
 
-                sums["policy_loss"].append(float(pl.loss.detach()))
-                sums["value_loss"].append(float(vl.loss.detach()))
-                sums["entropy"].append(float(masked_mean(entropy.detach(), m)))
-                sums["clip_fraction"].append(float(pl.clip_fraction))
-                sums["value_clip_fraction"].append(float(vl.clip_fraction))
-                sums["approx_kl"].append(float(pl.approx_kl))
+                sums["policy_loss"].append(float(pl.loss.detach()) * share)
+                sums["value_loss"].append(float(vl.loss.detach()) * share)
+                sums["entropy"].append(float(masked_mean(entropy.detach(), m)) * share)
+                sums["clip_fraction"].append(float(pl.clip_fraction) * share)
+                sums["value_clip_fraction"].append(float(vl.clip_fraction) * share)
+                sums["approx_kl"].append(float(pl.approx_kl) * share)
         self.actor.eval()
         self.critic.eval()
         if self.ema is not None:
