@@ -82,3 +82,20 @@ def test_compare_predictions_aligns_by_index_and_skips_unchanged_sql():
     out = compare_predictions(scores, [{"ex": "0"}, {"ex": "1"}], before, after, [])
     assert [len(out[k]) for k in ("fixed", "broken", "changed_still_wrong", "changed_still_right")] == [0, 0, 0, 1]
     assert out["changed_still_right"][0]["sft"] == "B" and out["changed_still_right"][0]["rl"] == "C"
+
+
+def test_a_wikisql_run_reports_one_row_without_hardness_levels(tmp_path):
+    """WikiSQL's evaluation has no hardness levels and its EM is logical-form accuracy: the report says so."""
+    steps = run_steps()
+    store = LocalStore(tmp_path / "store")
+    _publish(store, tmp_path, steps.sft, {"loss_log.jsonl": '{"step": 1, "loss": 2.0}\n'}, {"train_loss": 1.5})
+    for evaluate, ex, em in ((steps.evaluate_sft, 0.5, 0.25), (steps.evaluate_rl, 0.75, 0.5)):
+        summary = {"n": 4, "metric": "wikisql", "ex": ex, "em": em, "examples_with_error": 0, "seconds": 0.1}
+        _publish(store, tmp_path, evaluate, {"summary.json": json.dumps(summary)}, {"ex": ex, "em": em, "n": 4})
+    cfg = RunConfig.model_validate({"run_id": RUN, "workdir": str(tmp_path / "work"),
+                                    "store": {"kind": "local", "local": {"path": str(store.root)}}})
+    text = write_run_report(cfg).read_text()
+    assert "logical-form accuracy (EM), scored as WikiSQL scores" in text
+    assert "| 4 | 0.500 | 0.750 | 0.250 | 0.500 |" in text
+    assert "hardness |" not in text and "| easy |" not in text and "The dev set has no" not in text
+    assert "RL changes EX by +25.0 points (+1 of 4 questions)" in text

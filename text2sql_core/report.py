@@ -154,25 +154,32 @@ def _changes_section(changes: dict[str, list[dict[str, Any]]] | None, n: int, rl
 def render_report(run_id: str, manifests: dict[str, Manifest | None], curves: dict[str, list[dict[str, Any]]],
                   plot_name: str | None, *, counts: dict[str, int] | None = None,
                   changes: dict[str, list[dict[str, Any]]] | None = None, steps: RunSteps | None = None,
-                  graph: tuple[Step, ...] = STEPS) -> str:
-    """The report's Markdown. ``counts``: questions per hardness level (levels without any get no row)."""
+                  graph: tuple[Step, ...] = STEPS, wikisql: bool = False) -> str:
+    """The report's Markdown. ``counts``: questions per hardness level (levels without any get no row).
+    ``wikisql``: the evaluation was WikiSQL's (no hardness levels, EM = logical form): one row, said so."""
     steps = steps or run_steps(graph)
     sft = manifests.get(steps.evaluate_sft) if steps.evaluate_sft else None
     rl = manifests.get(steps.evaluate_rl) if steps.evaluate_rl else None
     rl_label = f"RL ({steps.rl_kind})" if steps.rl_kind else "RL"
-    levels = [h for h in HARDNESS if counts is None or counts.get(h) or h == "all"]
+    levels = ["all"] if wikisql else [h for h in HARDNESS if counts is None or counts.get(h) or h == "all"]
     lines = [f"# Run `{run_id}`", "", f"Written {datetime.now(UTC).isoformat(timespec='seconds')}.", ""]
-    lines += ["## Execution accuracy (EX) and exact match (EM) per hardness", "",
-              f"| hardness | questions | SFT EX | {rl_label} EX | SFT EM | {rl_label} EM |",
-              "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    if wikisql:
+        lines += ["## Execution accuracy (EX) and logical-form accuracy (EM), scored as WikiSQL scores", "",
+                  "WikiSQL has no hardness levels: one row for the whole dev split.", "",
+                  f"| questions | SFT EX | {rl_label} EX | SFT EM | {rl_label} EM |",
+                  "| ---: | ---: | ---: | ---: | ---: |"]
+    else:
+        lines += ["## Execution accuracy (EX) and exact match (EM) per hardness", "",
+                  f"| hardness | questions | SFT EX | {rl_label} EX | SFT EM | {rl_label} EM |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for h in levels:
         key = "" if h == "all" else f"_{h}"
-        row = [h, _fmt(counts.get(h)) if counts else "–"]
+        row = ([] if wikisql else [h]) + [_fmt(counts.get(h)) if counts else "–"]
         for metric in ("ex", "em"):
             for m in (sft, rl):
                 row.append(_fmt(m.metrics.get(f"{metric}{key}") if m else None))
         lines.append("| " + " | ".join(row) + " |")
-    if counts:
+    if counts and not wikisql:
         empty = [h for h in HARDNESS if h not in levels]
         if empty:
             lines += ["", f"The dev set has no {' / '.join(empty)} questions."]
@@ -220,7 +227,7 @@ def render_report(run_id: str, manifests: dict[str, Manifest | None], curves: di
 
 
 def _plot(path: Path, manifests: dict[str, Manifest | None], curves: dict[str, list[dict[str, Any]]],
-          steps: RunSteps, levels: list[str]) -> None:
+          steps: RunSteps, levels: list[str], wikisql: bool = False) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -252,8 +259,12 @@ def _plot(path: Path, manifests: dict[str, Manifest | None], curves: dict[str, l
         ax.bar([x + (j - 1.5) * width for x in xs], vals, width, label=label)
     ax.set_xticks(list(xs), levels)
     ax.set_ylim(0, 1.05)
-    ax.set_title("Dev EX / EM per hardness, SFT vs RL")
-    ax.set_xlabel("hardness level")
+    if wikisql:  # WikiSQL has no hardness levels; its EM is logical-form accuracy
+        ax.set_title("Dev EX / logical-form EM (WikiSQL), SFT vs RL")
+        ax.set_xlabel("all questions")
+    else:
+        ax.set_title("Dev EX / EM per hardness, SFT vs RL")
+        ax.set_xlabel("hardness level")
     ax.set_ylabel("accuracy (share of questions)")
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -262,6 +273,7 @@ def _plot(path: Path, manifests: dict[str, Manifest | None], curves: dict[str, l
 
 
 def _level_counts(summary_text: str | None) -> dict[str, int] | None:
+    """Questions per hardness level (and ``all``) of an evaluate step's ``summary.json``."""
     if not summary_text:
         return None
     doc = json.loads(summary_text)
@@ -290,7 +302,9 @@ def write_run_report(run_config: RunConfig, *, base_dir: Path | None = None) -> 
         def text(step: str | None, name: str) -> str | None:
             return _fetch_one(store, run_id, step, manifests.get(step), name, t) if step else None
 
-        counts = _level_counts(text(steps.evaluate_sft, "summary.json") or text(steps.evaluate_rl, "summary.json"))
+        summary = text(steps.evaluate_sft, "summary.json") or text(steps.evaluate_rl, "summary.json")
+        counts = _level_counts(summary)
+        wikisql = bool(summary) and json.loads(summary).get("metric") == "wikisql"
         changes = None
         parts = [text(steps.evaluate_sft, "per_example.tsv"), text(steps.evaluate_rl, "per_example.tsv"),
                  text(steps.predict_sft, "predictions.jsonl"), text(steps.predict_rl, "predictions.jsonl")]
@@ -298,10 +312,10 @@ def write_run_report(run_config: RunConfig, *, base_dir: Path | None = None) -> 
             questions = _jsonl(text(steps.prepare, "dev_meta.jsonl"))
             changes = compare_predictions(_tsv(parts[0]), _tsv(parts[1]), _jsonl(parts[2]), _jsonl(parts[3]),
                                           questions)
-    levels = [h for h in HARDNESS if counts is None or counts.get(h) or h == "all"]
-    _plot(out / "report.png", manifests, curves, steps, levels)
+    levels = ["all"] if wikisql else [h for h in HARDNESS if counts is None or counts.get(h) or h == "all"]
+    _plot(out / "report.png", manifests, curves, steps, levels, wikisql=wikisql)
     (out / "report.md").write_text(render_report(run_id, manifests, curves, "report.png", counts=counts,
-                                                 changes=changes, steps=steps, graph=graph))
+                                                 changes=changes, steps=steps, graph=graph, wikisql=wikisql))
     publish(store, f"runs/{run_id}/report", out, run_id=run_id, step="report", kind="report",
             config_hash="", metrics={}, started_at=datetime.now(UTC))
     return out / "report.md"
