@@ -26,7 +26,9 @@ def test_a_single_process_is_a_world_of_one_and_every_helper_is_the_identity(mon
     assert distributed.gather_objects("x") == ["x"]
     assert distributed.all_reduce_mean({"loss": 2.5}) == {"loss": 2.5}
     assert distributed.gather_in_order([1, 2, 3], 3) == [1, 2, 3]
+    assert distributed.token_share(7.0) == 1.0
     distributed.barrier()
+    assert distributed.finish(0) is None  # one process: returns, the caller exits as usual
 
 
 @pytest.mark.parametrize(("size", "per_rank"), [(1, 8), (2, 4), (4, 2), (8, 1)])
@@ -79,7 +81,15 @@ _COLLECTIVES = textwrap.dedent('''
     weights = torch.nn.Parameter(torch.full((2,), float(w.rank)))
     distributed.broadcast_parameters([weights])
     out["weights"] = weights.tolist()
+    out["share"] = distributed.token_share(10.0 * (w.rank + 1))
     json.dump(out, open(sys.argv[1] + f"/{w.rank}.json", "w"))
+    # finish: after a barrier, logs flushed, out with os._exit: the interpreter's teardown (where gloo's
+    # threads aborted a successful rank) never runs, so this atexit hook must not either
+    import atexit, pathlib
+    atexit.register(lambda: pathlib.Path(sys.argv[1], f"teardown-{w.rank}").touch())
+    print(f"rank {w.rank} done", end="")  # unflushed: finish flushes it
+    distributed.finish(0)
+    raise SystemExit(5)  # not reached
 ''')
 
 
@@ -101,3 +111,7 @@ def test_collectives_on_two_gloo_ranks(tmp_path: Path) -> None:
         assert out["weights"] == [0.0, 0.0]
     assert got[0]["gathered"] == ["r0-0", "r0-1", "r0-2", "r1-3", "r1-4"]  # dataset order, on rank 0 only
     assert got[1]["gathered"] is None
+    # this rank's share of the ranks' mean token count: 10 and 20 tokens, mean 15
+    assert [out["share"] for out in got] == pytest.approx([10 / 15, 20 / 15])
+    assert "rank 0 done" in r.stdout and "rank 1 done" in r.stdout
+    assert not list(tmp_path.glob("teardown-*"))

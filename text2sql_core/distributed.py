@@ -46,6 +46,7 @@ __all__ = [
     "barrier",
     "broadcast_object",
     "broadcast_parameters",
+    "finish",
     "gather_in_order",
     "gather_objects",
     "init",
@@ -181,6 +182,31 @@ def _leave() -> None:
     with contextlib.suppress(Exception):
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def finish(code: int) -> None:
+    """End a rank's process with ``code`` without the interpreter's teardown, once it joined a world.
+
+    Exiting normally runs the C++ destructors of gloo's transport threads, and one still attached
+    aborts the process ("terminate called without an active exception", exit -6) after the step has
+    succeeded and published: seen on the two-pod Indexed Job even with the group torn down at exit.
+    So a rank that succeeded waits for the others (no peer is left in a collective), every rank
+    flushes its logs and leaves with ``os._exit``. In one process (or before :func:`init`) it returns
+    and the caller exits as usual.
+    """
+    if _WORLD is None or not _WORLD.distributed:
+        return
+    import logging
+    import sys
+
+    if code == 0:
+        with contextlib.suppress(Exception):  # a peer that died fails the launch through torchrun anyway
+            barrier()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 def world() -> World:

@@ -110,4 +110,8 @@ def _record_exit_code(code: int) -> None:
 
 
 def entrypoint() -> None:
-    raise SystemExit(main())
+    code = main()
+    from .. import distributed
+
+    distributed.finish(code)  # a torchrun rank ends here, without the interpreter's teardown
+    raise SystemExit(code)
