@@ -126,14 +126,12 @@ def _from_env() -> World:
     local_size = _env_int("LOCAL_WORLD_SIZE", size)
     if not 0 <= rank < max(size, 1):
         raise BadInput(f"RANK={rank} is outside WORLD_SIZE={size}", field="RANK")
-    device = "cpu"
-    try:
+    device = "cpu"  # one process: the device is the stage's choice, and torch is not imported for nothing
+    if size > 1:  # a rank binds to the GPU of its local rank, when it has one
         import torch
 
         if torch.cuda.is_available():
             device = f"cuda:{local_rank % torch.cuda.device_count()}"
-    except ImportError:  # pragma: no cover - torch ships with the package
-        pass
     return World(rank=rank, size=max(size, 1), local_rank=local_rank, local_size=max(local_size, 1), device=device)
 
 

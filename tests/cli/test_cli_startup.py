@@ -85,6 +85,16 @@ def test_eval_draws_no_chart_and_imports_no_matplotlib_with_no_chart(spider_samp
     assert (tmp_path / "b" / "scores.png").is_file()
 
 
+def test_a_no_op_stage_run_of_a_published_step_imports_no_torch(tmp_path):
+    """Skipping a published step reads manifests only: torch (about 1 s of a 1.3 s no-op) stays unloaded."""
+    for argv in (["demo-data", "--out", "data", "--size", "small"], ["stage", "run", "prepare"]):
+        done = subprocess.run([sys.executable, "-m", "text2sql_core.cli", *argv], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=300, check=False, env=_env())
+        assert done.returncode == 0, done.stderr[-2000:]
+    loaded = _loaded("stage", "run", "prepare", cwd=tmp_path)
+    assert "text2sql_core.cli.stage" in loaded and "torch" not in loaded
+
+
 def test_an_error_is_one_line_naming_the_flag_the_user_typed(spider_sample, tmp_path):
     pred = tmp_path / "pred.sql"
     pred.write_text("SELECT 1\n" * 337)
