@@ -161,7 +161,7 @@ def render_report(run_id: str, manifests: dict[str, Manifest | None], curves: di
     sft = manifests.get(steps.evaluate_sft) if steps.evaluate_sft else None
     rl = manifests.get(steps.evaluate_rl) if steps.evaluate_rl else None
     rl_label = f"RL ({steps.rl_kind})" if steps.rl_kind else "RL"
-    levels = ["all"] if wikisql else [h for h in HARDNESS if counts is None or counts.get(h) or h == "all"]
+    levels = _levels(counts, wikisql)
     lines = [f"# Run `{run_id}`", "", f"Written {datetime.now(UTC).isoformat(timespec='seconds')}.", ""]
     if wikisql:
         lines += ["## Execution accuracy (EX) and logical-form accuracy (EM), scored as WikiSQL scores", "",
@@ -272,11 +272,15 @@ def _plot(path: Path, manifests: dict[str, Manifest | None], curves: dict[str, l
     plt.close(fig)
 
 
-def _level_counts(summary_text: str | None) -> dict[str, int] | None:
+def _levels(counts: dict[str, int] | None, wikisql: bool) -> list[str]:
+    """The report's rows: the hardness levels with questions and ``all``; WikiSQL has ``all`` only."""
+    return ["all"] if wikisql else [h for h in HARDNESS if counts is None or counts.get(h) or h == "all"]
+
+
+def _level_counts(doc: dict[str, Any] | None) -> dict[str, int] | None:
     """Questions per hardness level (and ``all``) of an evaluate step's ``summary.json``."""
-    if not summary_text:
+    if not doc:
         return None
-    doc = json.loads(summary_text)
     counts = {level: int(row.get("count", 0)) for level, row in (doc.get("levels") or {}).items()}
     counts["all"] = int(doc.get("n", sum(counts.values())))
     return counts
@@ -302,9 +306,10 @@ def write_run_report(run_config: RunConfig, *, base_dir: Path | None = None) -> 
         def text(step: str | None, name: str) -> str | None:
             return _fetch_one(store, run_id, step, manifests.get(step), name, t) if step else None
 
-        summary = text(steps.evaluate_sft, "summary.json") or text(steps.evaluate_rl, "summary.json")
+        summary_text = text(steps.evaluate_sft, "summary.json") or text(steps.evaluate_rl, "summary.json")
+        summary = json.loads(summary_text) if summary_text else None
         counts = _level_counts(summary)
-        wikisql = bool(summary) and json.loads(summary).get("metric") == "wikisql"
+        wikisql = bool(summary) and summary.get("metric") == "wikisql"
         changes = None
         parts = [text(steps.evaluate_sft, "per_example.tsv"), text(steps.evaluate_rl, "per_example.tsv"),
                  text(steps.predict_sft, "predictions.jsonl"), text(steps.predict_rl, "predictions.jsonl")]
@@ -312,8 +317,7 @@ def write_run_report(run_config: RunConfig, *, base_dir: Path | None = None) -> 
             questions = _jsonl(text(steps.prepare, "dev_meta.jsonl"))
             changes = compare_predictions(_tsv(parts[0]), _tsv(parts[1]), _jsonl(parts[2]), _jsonl(parts[3]),
                                           questions)
-    levels = ["all"] if wikisql else [h for h in HARDNESS if counts is None or counts.get(h) or h == "all"]
-    _plot(out / "report.png", manifests, curves, steps, levels, wikisql=wikisql)
+    _plot(out / "report.png", manifests, curves, steps, _levels(counts, wikisql), wikisql=wikisql)
     (out / "report.md").write_text(render_report(run_id, manifests, curves, "report.png", counts=counts,
                                                  changes=changes, steps=steps, graph=graph, wikisql=wikisql))
     publish(store, f"runs/{run_id}/report", out, run_id=run_id, step="report", kind="report",

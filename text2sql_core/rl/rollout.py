@@ -44,8 +44,8 @@ def row_seed(seed: int, step: int, row: int) -> int:
     return ((seed * 1_000_003 + step) * 1_000_003 + row) % (2**63 - 1)
 
 
-def step_row_seeds(seed: int, step: int, batch_size: int, rows: int, world: Any = None, per_prompt: int = 1
-                   ) -> list[int]:
+def step_row_seeds(seed: int, step: int, batch_size: int, rows: int, world: distributed.World | None = None,
+                   per_prompt: int = 1) -> list[int]:
     """The seeds of this rank's ``rows`` samples of ``step``, by their places in the step's global batch.
 
     The global batch is ``batch_size`` prompts of ``per_prompt`` samples each; this rank holds its share

@@ -273,20 +273,21 @@ class PPOTrainer:
         for start in range(0, size, mini):
             rows = list(range(start, min(start + mini, size)))
             index = torch.tensor(rows, device=ro.responses.device)
-            groups = self.pack([ro.prompt_tokens[i] for i in rows], ro.responses.index_select(0, index),
-                               ro.mask.index_select(0, index), [ro.examples[i] for i in rows])
-            batches.append((index, groups, ro.constraints.select(rows) if ro.constraints is not None else None))
+            m = ro.mask.index_select(0, index)
+            groups = self.pack([ro.prompt_tokens[i] for i in rows], ro.responses.index_select(0, index), m,
+                               [ro.examples[i] for i in rows])
+            # the losses are token means: each rank's carries its share of the global mini-batch's tokens, so
+            # the gradients averaged over the ranks (and the logged means) are the one-process ones
+            share = distributed.token_share(float(m.sum()), self.world)
+            batches.append((index, m, groups, ro.constraints.select(rows) if ro.constraints is not None else None,
+                            share))
         sums: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "entropy", "clip_fraction",
                                                          "value_clip_fraction", "approx_kl")}
         self.actor.train()
         self.critic.train()
         train_actor = self.global_step >= cfg.critic_warmup_steps  # during critic warm-up: stats only, no graph
         for _ in range(cfg.ppo_epochs):
-            for index, groups, constraints in batches:
-                m = ro.mask.index_select(0, index)
-                # the losses are token means: each rank's carries its share of the global mini-batch's tokens,
-                # so the gradients averaged over the ranks (and the logged means) are the one-process ones
-                share = distributed.token_share(float(m.sum()), self.world)
+            for index, m, groups, constraints, share in batches:
                 with torch.set_grad_enabled(train_actor):
                     logprobs, entropy = response_logprobs(self.actor, groups, cfg.temperature, with_entropy=True,
                                                           constraints=constraints)
@@ -300,12 +301,11 @@ class PPOTrainer:
                                 cfg.clip_range_value)
                 self._optimise(vl.loss * share, self.critic_engine, self.critic_opt, self.critic_params)
 
-                sums["policy_loss"].append(float(pl.loss.detach()) * share)
-                sums["value_loss"].append(float(vl.loss.detach()) * share)
-                sums["entropy"].append(float(masked_mean(entropy.detach(), m)) * share)
-                sums["clip_fraction"].append(float(pl.clip_fraction) * share)
-                sums["value_clip_fraction"].append(float(vl.clip_fraction) * share)
-                sums["approx_kl"].append(float(pl.approx_kl) * share)
+                means = {"policy_loss": pl.loss.detach(), "value_loss": vl.loss.detach(),
+                         "entropy": masked_mean(entropy.detach(), m), "clip_fraction": pl.clip_fraction,
+                         "value_clip_fraction": vl.clip_fraction, "approx_kl": pl.approx_kl}
+                for key, value in means.items():
+                    sums[key].append(float(value) * share)
         self.actor.eval()
         self.critic.eval()
         if self.ema is not None:
